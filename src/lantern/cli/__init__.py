@@ -1,0 +1,50 @@
+"""The ``lantern`` command: a thin argparse shell over the Python API.
+
+Each command group lives in its own module with a ``register(subparsers)`` function; handlers parse
+nothing themselves, call the API, print, and return an exit code. Expected failures (bad input,
+missing files) print one line ``lantern: error: ...`` and exit 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from lantern import __version__
+
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lantern.cli import data, llm, models, pipeline
+
+    parser = argparse.ArgumentParser(prog="lantern", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lantern {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (data, models, llm, pipeline):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except EXPECTED_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"lantern: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lantern: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

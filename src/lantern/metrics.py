@@ -1,0 +1,100 @@
+"""ERC metrics, in percent with two decimals where reported: accuracy, weighted F1, per-class F1,
+confusion matrix; plus the paired dialogue bootstrap used to compare two systems honestly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` counts; row = gold class, column = predicted class."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return m
+
+
+def per_class_f1(cm: np.ndarray) -> np.ndarray:
+    """F1 per class from a confusion matrix (0 where a class is neither present nor predicted)."""
+    tp = np.diag(cm).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    actual = cm.sum(axis=1).astype(float)
+    denom = predicted + actual
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def accuracy(gold: Sequence[int], pred: Sequence[int]) -> float:
+    g, p = np.asarray(gold), np.asarray(pred)
+    return float((g == p).mean()) if len(g) else 0.0
+
+
+def weighted_f1(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> float:
+    """F1 averaged over classes weighted by their support (sklearn's ``average="weighted"``)."""
+    cm = confusion_matrix(gold, pred, n_classes)
+    support = cm.sum(axis=1).astype(float)
+    if support.sum() == 0:
+        return 0.0
+    return float((per_class_f1(cm) * support).sum() / support.sum())
+
+
+def classification_report(gold: Sequence[int], pred: Sequence[int], classes: Sequence[str]) -> dict:
+    """Everything reported for one system: accuracy and weighted F1 in %, per-class F1 in %, confusion."""
+    n = len(classes)
+    cm = confusion_matrix(gold, pred, n)
+    f1 = per_class_f1(cm)
+    return {
+        "n": len(gold),
+        "accuracy": round(100 * accuracy(gold, pred), 2),
+        "weighted_f1": round(100 * weighted_f1(gold, pred, n), 2),
+        "per_class_f1": {c: round(100 * float(v), 2) for c, v in zip(classes, f1, strict=True)},
+        "confusion": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+def paired_bootstrap(
+    gold: Sequence[int],
+    pred_a: Sequence[int],
+    pred_b: Sequence[int],
+    groups: Sequence[str],
+    n_classes: int,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Interval of (A − B) in accuracy and weighted F1 points, resampling whole dialogues.
+
+    Utterances of one dialogue are correlated, so resampling utterances would make the interval
+    too narrow; ``groups`` gives each utterance's dialogue.
+    """
+    gold_a, a, b = np.asarray(gold), np.asarray(pred_a), np.asarray(pred_b)
+    group_ids = np.unique(np.asarray(groups), return_inverse=True)[1]
+    members = [np.flatnonzero(group_ids == g) for g in range(group_ids.max() + 1)] if len(gold_a) else []
+    rng = np.random.default_rng(seed)
+    diffs_acc, diffs_f1 = [], []
+    for _ in range(n_resamples):
+        pick = rng.integers(0, len(members), size=len(members))
+        idx = np.concatenate([members[i] for i in pick])
+        g = gold_a[idx]
+        diffs_acc.append(100 * (accuracy(g, a[idx]) - accuracy(g, b[idx])))
+        diffs_f1.append(100 * (weighted_f1(g, a[idx], n_classes) - weighted_f1(g, b[idx], n_classes)))
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def summary(d: list[float], point: float) -> dict:
+        return {
+            "delta": round(point, 2),
+            "low": round(float(np.percentile(d, lo)), 2),
+            "high": round(float(np.percentile(d, hi)), 2),
+        }
+
+    return {
+        "level": level,
+        "n_resamples": n_resamples,
+        "unit": "dialogue",
+        "accuracy": summary(diffs_acc, 100 * (accuracy(gold_a, a) - accuracy(gold_a, b))),
+        "weighted_f1": summary(
+            diffs_f1, 100 * (weighted_f1(gold_a, a, n_classes) - weighted_f1(gold_a, b, n_classes))
+        ),
+    }

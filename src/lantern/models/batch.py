@@ -1,0 +1,111 @@
+"""How dialogues reach a model: padded tensors with masks, and what a model gives back.
+
+Every vanilla model takes a ``Batch`` and returns a ``ModelOutput``; the trainer, the predictor and
+the benchmark never look inside a model beyond this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lantern.corpus.dialogue import Dialogue
+
+IGNORE_LABEL = -100
+
+
+@dataclass
+class Batch:
+    """A padded batch of B dialogues, N = the longest.
+
+    features: modality → ``(B, N, width)`` float32; speakers: ``(B, N)`` long (index into the
+    model's speaker vocabulary); mask: ``(B, N)`` bool, True on real utterances; lengths: ``(B,)``;
+    labels: ``(B, N)`` long, IGNORE_LABEL where unknown or padding; vad: ``(B, N, 3)`` on [0, 1];
+    vad_mask: ``(B, N)`` bool, True where a VAD target exists.
+    """
+
+    features: dict[str, torch.Tensor]
+    speakers: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    vad: torch.Tensor
+    vad_mask: torch.Tensor
+    dialogue_ids: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            features={m: x.to(device, non_blocking=True) for m, x in self.features.items()},
+            speakers=self.speakers.to(device, non_blocking=True),
+            mask=self.mask.to(device, non_blocking=True),
+            lengths=self.lengths.to(device, non_blocking=True),
+            labels=self.labels.to(device, non_blocking=True),
+            vad=self.vad.to(device, non_blocking=True),
+            vad_mask=self.vad_mask.to(device, non_blocking=True),
+            dialogue_ids=self.dialogue_ids,
+        )
+
+
+@dataclass
+class ModelOutput:
+    """log_probs: ``(B, N, C)`` log-softmax class scores of the final classifier; vad: ``(B, N, 3)``
+    on [0, 1] (None without a VAD head); aux_log_probs: extra heads a model's own loss uses (SDT's
+    per-modality heads), each ``(B, N, C)``."""
+
+    log_probs: torch.Tensor
+    vad: torch.Tensor | None = None
+    aux_log_probs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def vad_to_unit(vad: Sequence[float]) -> list[float]:
+    """1-5 scale → [0, 1] (the regression target)."""
+    return [(v - 1.0) / 4.0 for v in vad]
+
+
+def vad_from_unit(vad: np.ndarray) -> np.ndarray:
+    """[0, 1] → 1-5 scale (what predictions report)."""
+    return 1.0 + 4.0 * np.asarray(vad)
+
+
+def collate(
+    dialogues: Sequence[Dialogue], speaker_vocab: dict[str, int], modalities: Sequence[str]
+) -> Batch:
+    """Pad dialogues into one Batch. An unknown speaker maps to index 0 only if the vocabulary
+    has no entry for it — callers pass a vocabulary built from the training corpus, and new
+    speakers at prediction time (the practitioner's dialogues) fall back to a shared row."""
+    b = len(dialogues)
+    n = max(len(d) for d in dialogues)
+    lengths = torch.tensor([len(d) for d in dialogues], dtype=torch.long)
+    mask = torch.arange(n)[None, :] < lengths[:, None]
+    features = {}
+    for m in modalities:
+        width = dialogues[0].features[m].shape[1]
+        x = np.zeros((b, n, width), dtype=np.float32)
+        for i, d in enumerate(dialogues):
+            x[i, : len(d)] = d.features[m]
+        features[m] = torch.from_numpy(x)
+    speakers = torch.zeros((b, n), dtype=torch.long)
+    labels = torch.full((b, n), IGNORE_LABEL, dtype=torch.long)
+    vad = torch.zeros((b, n, 3), dtype=torch.float32)
+    vad_mask = torch.zeros((b, n), dtype=torch.bool)
+    for i, d in enumerate(dialogues):
+        for j, u in enumerate(d.utterances):
+            speakers[i, j] = speaker_vocab.get(u.speaker, 0)
+            if u.label is not None:
+                labels[i, j] = u.label
+            if u.vad is not None:
+                vad[i, j] = torch.tensor(vad_to_unit(u.vad))
+                vad_mask[i, j] = True
+    return Batch(
+        features=features,
+        speakers=speakers,
+        mask=mask,
+        lengths=lengths,
+        labels=labels,
+        vad=vad,
+        vad_mask=vad_mask,
+        dialogue_ids=[d.id for d in dialogues],
+    )

@@ -1,0 +1,60 @@
+"""Per-utterance predictions: the hand-over between the vanilla model, the LLM stage and fusion.
+
+One JSON object per line: ``id``, ``dialogue``, ``speaker``, ``split``, ``label`` (gold index or
+null), ``probs`` (label-set order, sums to 1), ``vad`` ([valence, arousal, dominance], 1-5 scale,
+or null when the model has no VAD head output for it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lantern.rundir import atomic_write_text
+
+
+@dataclass
+class Prediction:
+    id: str
+    dialogue: str
+    speaker: str
+    split: str
+    label: int | None
+    probs: list[float]
+    vad: list[float] | None = None
+
+
+def write_predictions(path: str | Path, predictions: Iterable[Prediction]) -> None:
+    """Write predictions as JSONL, atomically (a reader never sees half a file)."""
+    lines = [json.dumps(asdict(p), separators=(",", ":")) for p in predictions]
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def read_predictions(path: str | Path) -> list[Prediction]:
+    """Read a predictions JSONL file, checking each record; errors name the file and line."""
+    path = Path(path)
+    out: list[Prediction] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                p = Prediction(
+                    id=str(obj["id"]),
+                    dialogue=str(obj["dialogue"]),
+                    speaker=str(obj["speaker"]),
+                    split=str(obj["split"]),
+                    label=None if obj.get("label") is None else int(obj["label"]),
+                    probs=[float(x) for x in obj["probs"]],
+                    vad=None if obj.get("vad") is None else [float(x) for x in obj["vad"]],
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a prediction record ({exc})") from exc
+            if not p.probs or any(not math.isfinite(x) or x < 0 for x in p.probs):
+                raise ValueError(f"{path}:{lineno}: utterance {p.id}: probabilities must be finite and >= 0")
+            out.append(p)
+    return out
