@@ -73,9 +73,13 @@ def vad_from_unit(vad: np.ndarray) -> np.ndarray:
 def collate(
     dialogues: Sequence[Dialogue], speaker_vocab: dict[str, int], modalities: Sequence[str]
 ) -> Batch:
-    """Pad dialogues into one Batch. An unknown speaker maps to index 0 only if the vocabulary
-    has no entry for it — callers pass a vocabulary built from the training corpus, and new
-    speakers at prediction time (the practitioner's dialogues) fall back to a shared row."""
+    """Pad dialogues into one Batch.
+
+    ``speaker_vocab`` comes from the training corpus. A speaker it lacks (the practitioner's own
+    dialogues name people the model never saw) takes a row by order of first appearance in its
+    dialogue, modulo the vocabulary size, so that distinct speakers of one dialogue stay distinct
+    where the vocabulary allows it, without growing the embedding table.
+    """
     b = len(dialogues)
     n = max(len(d) for d in dialogues)
     lengths = torch.tensor([len(d) for d in dialogues], dtype=torch.long)
@@ -91,9 +95,14 @@ def collate(
     labels = torch.full((b, n), IGNORE_LABEL, dtype=torch.long)
     vad = torch.zeros((b, n, 3), dtype=torch.float32)
     vad_mask = torch.zeros((b, n), dtype=torch.bool)
+    n_vocab = max(len(speaker_vocab), 1)
     for i, d in enumerate(dialogues):
+        unknown: dict[str, int] = {}
         for j, u in enumerate(d.utterances):
-            speakers[i, j] = speaker_vocab.get(u.speaker, 0)
+            if u.speaker in speaker_vocab:
+                speakers[i, j] = speaker_vocab[u.speaker]
+            else:
+                speakers[i, j] = unknown.setdefault(u.speaker, len(unknown) % n_vocab)
             if u.label is not None:
                 labels[i, j] = u.label
             if u.vad is not None:
