@@ -77,12 +77,17 @@ class Dialogue:
 
 @dataclass
 class Corpus:
-    """Dialogues with one label set and fixed feature widths per modality (``{"t": 768, ...}``)."""
+    """Dialogues with one label set and fixed feature widths per modality (``{"t": 768, ...}``).
+
+    ``feature_sources`` says where a modality's vectors came from when that matters for reuse
+    (``{"t": "sentence-transformers/all-MiniLM-L6-v2"}``); modalities absent from it came from the file.
+    """
 
     name: str
     labels: LabelSet
     dialogues: list[Dialogue]
     modalities: dict[str, int] = field(default_factory=dict)
+    feature_sources: dict[str, str] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Dialogue]:
         return iter(self.dialogues)
