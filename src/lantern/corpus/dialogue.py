@@ -166,7 +166,9 @@ def _validate_utterance(
         )
     if u.vad is not None:
         if len(u.vad) != 3:
-            raise CorpusError(f"VAD must have 3 values, got {u.vad}", file=file, dialogue=dialogue, utterance=u.id)
+            raise CorpusError(
+                f"VAD must have 3 values, got {u.vad}", file=file, dialogue=dialogue, utterance=u.id
+            )
         for value in u.vad:
             if not (math.isfinite(value) and VAD_RANGE[0] <= value <= VAD_RANGE[1]):
                 raise CorpusError(
@@ -182,13 +184,17 @@ def _validate_features(d: Dialogue, modalities: dict[str, int], file: str | None
         missing = sorted(set(modalities) - set(d.features))
         extra = sorted(set(d.features) - set(modalities))
         raise CorpusError(
-            f"modalities differ from the corpus's: missing {missing}, unexpected {extra}", file=file, dialogue=d.id
+            f"modalities differ from the corpus's: missing {missing}, unexpected {extra}",
+            file=file,
+            dialogue=d.id,
         )
     for m, width in modalities.items():
         x = d.features[m]
         if x.ndim != 2 or x.shape[0] != len(d):
             raise CorpusError(
-                f"modality {m!r} has shape {tuple(x.shape)}, expected ({len(d)}, {width})", file=file, dialogue=d.id
+                f"modality {m!r} has shape {tuple(x.shape)}, expected ({len(d)}, {width})",
+                file=file,
+                dialogue=d.id,
             )
         if x.shape[1] != width:
             raise CorpusError(
