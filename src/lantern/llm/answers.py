@@ -8,15 +8,29 @@
 
 ``b`` is the receptive-field position (0..t-1), ``r`` the offset inside the window. A fallback
 utterance carries its vanilla distribution and the reason the LLM's answer was not used.
+
+The LLM's own answer to one window is a JSON object in a compact form that keeps the answer short
+(about 10 tokens per utterance with a 6-class label set; a string of integer percentages costs
+about 18): each utterance index maps to a string of one digit per class, in class order, from 0
+(impossible) to 9 (certain), read as relative weights::
+
+    {"4": "106003", "5": "000900"}
+
+:func:`answer_schema` and :func:`response_format` ask a server to enforce that shape;
+:func:`parse_answer` reads it tolerantly (and other forms a model may fall back to), never
+raising on a bad utterance: it reports a reason per utterance so the stage can fall back there.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lantern.llm.prompt import CLASS_GLOSS
 from lantern.rundir import atomic_write_text
 
 OK = "ok"
@@ -66,3 +80,257 @@ def read_window_answers(path: str | Path) -> list[WindowAnswer]:
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{lineno}: not a window answer record ({exc})") from exc
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLM's answer: schema, structured-output request field, tolerant parsing.
+
+MODES = ("json_schema", "json_object_schema", "json_object", "none")
+# How each kind of server is asked for structured output. llama.cpp's servers (llama-server before
+# it learnt ``json_schema``, and llama-cpp-python's) answer HTTP 500 to ``json_schema`` but
+# constrain decoding to a schema given beside ``json_object``; Ollama (>= 0.5) and vLLM accept
+# OpenAI's form. An unknown server gets no response_format and the tolerant parser.
+DEFAULT_MODE: dict[str, str] = {
+    "openai": "json_schema",
+    "vllm": "json_schema",
+    "llamacpp": "json_object_schema",
+    "ollama": "json_schema",
+    "other": "none",
+}
+SCHEMA_NAME = "lantern_window_answer"
+
+
+class AnswerError(ValueError):
+    """The whole answer is unusable (no JSON object in it, not an object, oversized)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class ParsedAnswer:
+    """Per utterance index: a distribution (sums to 1, class order) or the reason there is none.
+
+    Every requested index is in exactly one of ``probs`` and ``errors``.
+    """
+
+    probs: dict[int, list[float]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def answer_schema(
+    indices: list[int], classes: list[str] | tuple[str, ...], *, with_pattern: bool = True
+) -> dict:
+    """JSON schema of the compact answer: every index a required key, each a string of one digit per class."""
+    value: dict = {"type": "string"}
+    if with_pattern:
+        value["pattern"] = f"^[0-9]{{{len(classes)}}}$"
+    keys = [str(i) for i in indices]
+    return {
+        "type": "object",
+        "properties": {k: dict(value) for k in keys},
+        "required": keys,
+        "additionalProperties": False,
+    }
+
+
+def response_format(mode: str, schema: dict, *, name: str = SCHEMA_NAME) -> dict | None:
+    """The chat-completions ``response_format`` field for a structured-output ``mode`` (see MODES)."""
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if mode == "json_object_schema":
+        return {"type": "json_object", "schema": schema}
+    if mode == "json_object":
+        return {"type": "json_object"}
+    if mode == "none":
+        return None
+    raise ValueError(f"unknown structured-output mode {mode!r}; known: {', '.join(MODES)}")
+
+
+def compact_answer(probs: dict[int, list[float]]) -> str:
+    """Write distributions in the compact form, scaled so each utterance's top class reads 9.
+
+    The inverse of :func:`parse_answer` up to that resolution (1/9 of the top class's weight).
+    """
+    out = {}
+    for index, p in probs.items():
+        top = max(p) if p and max(p) > 0 else 1.0
+        out[str(index)] = "".join(str(min(9, max(0, round(9 * x / top)))) for x in p)
+    return json.dumps(out, separators=(",", ":"))
+
+
+def answer_char_limit(n_utterances: int) -> int:
+    """Longest answer text accepted for a window: generous for every accepted form, short of a runaway."""
+    return 2000 + 500 * n_utterances
+
+
+_MAX_OBJECT_TRIES = 64
+_NUMBER_TOKEN = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)%?$")
+_NAMED_PAIR = re.compile(r"([^\W\d][\w-]*)\s*[:=]?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)%?")
+_SEPARATORS = re.compile(r"[\s,;/|]+")
+
+
+def parse_answer(
+    text: str,
+    indices: list[int],
+    classes: list[str] | tuple[str, ...],
+    *,
+    max_chars: int | None = None,
+) -> ParsedAnswer:
+    """Read an LLM answer for the window ``indices``; AnswerError when no usable JSON object is in it.
+
+    Accepted (tolerantly: code fences and prose around the object are skipped, the first balanced
+    object is taken, one wrapping object such as ``{"answer": {...}}`` is looked through): per index,
+    a string of one digit per class; a string or array of numbers in class order (percentages or
+    fractions); an object or string of class names to numbers (missing names count 0). Values are
+    renormalised to sum 1; a bad utterance gets a reason in ``errors`` and the others still count.
+    """
+    limit = answer_char_limit(len(indices)) if max_chars is None else max_chars
+    if not isinstance(text, str):
+        raise AnswerError(f"answer is {type(text).__name__}, not text")
+    if len(text) > limit:
+        raise AnswerError(f"oversized answer: {len(text)} characters (limit {limit})")
+    obj = _find_object(text)
+    obj = _unwrap(obj, indices)
+    by_index: dict[int, object] = {}
+    for key, value in obj.items():
+        stripped = key.strip()
+        if stripped.isdigit() and stripped.isascii():
+            by_index.setdefault(int(stripped), value)
+    result = ParsedAnswer()
+    for i in indices:
+        if i not in by_index:
+            result.errors[i] = "missing"
+            continue
+        probs, error = _distribution(by_index[i], classes)
+        if error is not None:
+            result.errors[i] = error
+        else:
+            result.probs[i] = probs
+    return result
+
+
+def _find_object(text: str) -> dict:
+    decoder = json.JSONDecoder()
+    stripped = text.strip()
+    if stripped and stripped[0] in '["0123456789-tfn':
+        try:
+            whole = json.loads(stripped)
+        except ValueError:
+            whole = None
+        if whole is not None and not isinstance(whole, dict):
+            raise AnswerError(f"answer is a JSON {type(whole).__name__}, not an object")
+    start = text.find("{")
+    for _ in range(_MAX_OBJECT_TRIES):
+        if start < 0:
+            break
+        try:
+            obj, _end = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            start = text.find("{", start + 1)
+            continue
+        return obj
+    raise AnswerError("no JSON object found in the answer")
+
+
+def _unwrap(obj: dict, indices: list[int]) -> dict:
+    wanted = {str(i) for i in indices}
+    if not any(k.strip() in wanted for k in obj):
+        inner = [v for v in obj.values() if isinstance(v, dict)]
+        if len(obj) == 1 and len(inner) == 1:
+            return inner[0]
+    return obj
+
+
+def _distribution(value: object, classes: list[str] | tuple[str, ...]) -> tuple[list[float], str | None]:
+    n = len(classes)
+    if value is None:
+        return [], "missing"
+    if isinstance(value, str):
+        raw, error = _from_string(value.strip(), classes)
+    elif isinstance(value, list):
+        raw, error = _from_list(value, n)
+    elif isinstance(value, dict):
+        raw, error = _from_names(list(value.items()), classes)
+    else:
+        return [], f"not a distribution ({type(value).__name__})"
+    if error is not None:
+        return [], error
+    return _normalise(raw)
+
+
+def _from_string(value: str, classes: list[str] | tuple[str, ...]) -> tuple[list, str | None]:
+    n = len(classes)
+    if len(value) == n and value.isdigit() and value.isascii():
+        return [int(c) for c in value], None
+    tokens = [t for t in _SEPARATORS.split(value) if t]
+    if tokens and all(_NUMBER_TOKEN.match(t) for t in tokens):
+        return _from_list([_NUMBER_TOKEN.match(t).group(1) for t in tokens], n)
+    pairs = _NAMED_PAIR.findall(value)
+    if pairs and _NAMED_PAIR.sub("", value).strip(" \t,;/|") == "":
+        return _from_names(pairs, classes)
+    return [], f"unreadable value {value[:40]!r}"
+
+
+def _from_list(values: list, n: int) -> tuple[list, str | None]:
+    if len(values) != n:
+        return [], f"wrong number of classes ({len(values)}, expected {n})"
+    out = []
+    for v in values:
+        number = _number(v)
+        if number is None:
+            return [], f"not a number: {str(v)[:20]!r}"
+        out.append(number)
+    return out, None
+
+
+def _from_names(
+    pairs: list[tuple[object, object]], classes: list[str] | tuple[str, ...]
+) -> tuple[list, str | None]:
+    lookup = {c.lower(): j for j, c in enumerate(classes)}
+    for j, c in enumerate(classes):
+        gloss = CLASS_GLOSS.get(c.lower())
+        if gloss is not None:
+            lookup.setdefault(gloss, j)
+    out: list = [0] * len(classes)
+    for name, v in pairs:
+        j = lookup.get(str(name).strip().lower())
+        if j is None:
+            return [], f"unknown class {str(name)[:30]!r}"
+        number = _number(v)
+        if number is None:
+            return [], f"not a number: {str(v)[:20]!r}"
+        out[j] = number
+    return out, None
+
+
+def _number(v: object) -> float | None:
+    """A JSON number or numeric string as a float (overflow → inf); None for anything else."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        try:
+            return float(v)
+        except OverflowError:
+            return math.inf if v > 0 else -math.inf
+    if isinstance(v, float):
+        return v
+    if isinstance(v, str):
+        m = _NUMBER_TOKEN.match(v.strip())
+        return float(m.group(1)) if m else None
+    return None
+
+
+def _normalise(raw: list) -> tuple[list[float], str | None]:
+    values = [float(x) for x in raw]
+    if not all(math.isfinite(x) for x in values):
+        return [], "non-finite value"
+    if any(x < 0 for x in values):
+        return [], "negative value"
+    top = max(values)
+    if top <= 0:
+        return [], "all zero"
+    scaled = [x / top for x in values]  # first scale by the top value, so the sum cannot overflow
+    total = math.fsum(scaled)
+    return [x / total for x in scaled], None
