@@ -1,0 +1,193 @@
+"""The LLM answer: schema, response_format modes, tolerant parsing that never crashes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lantern.llm.answers import (
+    DEFAULT_MODE,
+    AnswerError,
+    ParsedAnswer,
+    answer_char_limit,
+    answer_schema,
+    compact_answer,
+    parse_answer,
+    response_format,
+)
+
+C = ["hap", "sad", "neu", "ang", "exc", "fru"]
+IDX = [4, 5]
+
+
+def close(a: list[float], b: list[float]) -> bool:
+    return all(math.isclose(x, y, abs_tol=1e-9) for x, y in zip(a, b, strict=True))
+
+
+def test_compact_form_renormalised() -> None:
+    parsed = parse_answer('{"4": "106003", "5": "000900"}', IDX, C)
+    assert parsed.errors == {}
+    assert close(parsed.probs[4], [0.1, 0, 0.6, 0, 0, 0.3])
+    assert close(parsed.probs[5], [0, 0, 0, 1, 0, 0])
+
+
+def test_percentages_fractions_and_arrays() -> None:
+    text = '{"4": "10 0 70 5 5 10", "5": [0.1, 0.2, 0.3, 0.4, 0, 0]}'
+    parsed = parse_answer(text, IDX, C)
+    assert close(parsed.probs[4], [0.1, 0, 0.7, 0.05, 0.05, 0.1])
+    assert close(parsed.probs[5], [0.1, 0.2, 0.3, 0.4, 0, 0])
+    assert close(
+        parse_answer('{"4": "10%, 90%, 0, 0, 0, 0", "5": "1 1 1 1 1 1"}', IDX, C).probs[4],
+        [0.1, 0.9, 0, 0, 0, 0],
+    )
+
+
+def test_name_keyed_form_missing_names_are_zero_unknown_is_an_error() -> None:
+    parsed = parse_answer('{"4": {"neu": 70, "Happy": 30}, "5": {"xyz": 1}}', IDX, C)
+    assert close(parsed.probs[4], [0.3, 0, 0.7, 0, 0, 0])
+    assert parsed.errors == {5: "unknown class 'xyz'"}
+    named_string = parse_answer('{"4": "neu: 70, fru: 30", "5": "sad 1"}', IDX, C)
+    assert close(named_string.probs[4], [0, 0, 0.7, 0, 0, 0.3])
+    assert close(named_string.probs[5], [0, 1, 0, 0, 0, 0])
+
+
+def test_code_fences_prose_and_trailing_text_are_skipped() -> None:
+    text = 'Sure! Here is my answer:\n```json\n{"4": "000900", "5": "900000"}\n```\nHope this {helps}.'
+    parsed = parse_answer(text, IDX, C)
+    assert parsed.errors == {} and parsed.probs[4][3] == 1.0 and parsed.probs[5][0] == 1.0
+
+
+def test_first_balanced_object_wins_and_wrapper_is_looked_through() -> None:
+    parsed = parse_answer('{"answer": {"4": "000900", "5": "900000"}} {"4": "900000"}', IDX, C)
+    assert parsed.probs[4][3] == 1.0
+    broken_first = parse_answer('{"4": oops} then {"4": "000900", "5": "900000"}', IDX, C)
+    assert broken_first.probs[4][3] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ('"12345"', "wrong number of classes"),
+        ("[1, 2, 3]", "wrong number of classes"),
+        ('"-1 2 3 4 5 6"', "negative value"),
+        ("[-1, 2, 3, 4, 5, 6]", "negative value"),
+        ("[NaN, 1, 1, 1, 1, 1]", "non-finite value"),
+        ("[Infinity, 1, 1, 1, 1, 1]", "non-finite value"),
+        ("[1e999, 1, 1, 1, 1, 1]", "non-finite value"),
+        ('"000000"', "all zero"),
+        ("[0, 0, 0, 0, 0, 0]", "all zero"),
+        ('{"xyz": 3}', "unknown class 'xyz'"),
+        ("3", "not a distribution"),
+        ("null", "missing"),
+        ('"sort of angry"', "unreadable value"),
+        ("[true, 1, 1, 1, 1, 1]", "not a number"),
+    ],
+)
+def test_bad_utterance_gets_a_reason_and_others_still_count(value: str, reason: str) -> None:
+    parsed = parse_answer(f'{{"4": {value}, "5": "000900"}}', IDX, C)
+    assert set(parsed.errors) == {4} and parsed.errors[4].startswith(reason)
+    assert parsed.probs[5][3] == 1.0
+
+
+def test_missing_utterance() -> None:
+    parsed = parse_answer('{"5": "000900", "99": "900000", "note": "x"}', IDX, C)
+    assert parsed.errors == {4: "missing"} and list(parsed.probs) == [5]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("I think they are all neutral.", "no JSON object"),
+        ("", "no JSON object"),
+        ('[["1", "2"]]', "not an object"),
+        ('"000900"', "not an object"),
+        ("42", "not an object"),
+    ],
+)
+def test_whole_answer_failures_raise(text: str, reason: str) -> None:
+    with pytest.raises(AnswerError, match=reason):
+        parse_answer(text, IDX, C)
+
+
+def test_oversized_answer_raises() -> None:
+    text = '{"4": "000900", "5": "900000", "pad": "' + "x" * answer_char_limit(2) + '"}'
+    with pytest.raises(AnswerError, match="oversized"):
+        parse_answer(text, IDX, C)
+    assert parse_answer(text, IDX, C, max_chars=len(text)).errors == {}
+
+
+def test_schema_requires_every_index_and_nothing_else() -> None:
+    schema = answer_schema([4, 5, 6], C)
+    assert schema["required"] == ["4", "5", "6"]
+    assert set(schema["properties"]) == {"4", "5", "6"}
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["4"]["pattern"] == "^[0-9]{6}$"
+    assert "pattern" not in answer_schema([4], C, with_pattern=False)["properties"]["4"]
+
+
+def test_response_format_modes() -> None:
+    schema = answer_schema([4], C)
+    strict = response_format("json_schema", schema)
+    assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
+    assert strict["json_schema"]["schema"] == schema and strict["json_schema"]["name"]
+    assert response_format("json_object_schema", schema) == {"type": "json_object", "schema": schema}
+    assert response_format("json_object", schema) == {"type": "json_object"}
+    assert response_format("none", schema) is None
+    with pytest.raises(ValueError, match="unknown structured-output mode"):
+        response_format("grammar", schema)
+    assert DEFAULT_MODE["llamacpp"] == "json_object_schema" and DEFAULT_MODE["openai"] == "json_schema"
+    assert DEFAULT_MODE["other"] == "none"
+
+
+def test_compact_answer_round_trips_within_resolution() -> None:
+    probs = {4: [0.1, 0.0, 0.62, 0.05, 0.03, 0.2], 5: [0.5, 0.5, 0, 0, 0, 0]}
+    text = compact_answer(probs)
+    assert json.loads(text)["4"] == "109103"
+    parsed = parse_answer(text, IDX, C)
+    assert parsed.errors == {}
+    assert close(parsed.probs[5], [0.5, 0.5, 0, 0, 0, 0])
+    assert max(abs(a - b) for a, b in zip(parsed.probs[4], probs[4], strict=True)) < 0.1
+
+
+def check_covers(parsed: ParsedAnswer, indices: list[int]) -> None:
+    assert set(parsed.probs) | set(parsed.errors) == set(indices)
+    assert not set(parsed.probs) & set(parsed.errors)
+    for p in parsed.probs.values():
+        assert len(p) == len(C) and all(math.isfinite(x) and x >= 0 for x in p)
+        assert math.isclose(sum(p), 1.0, rel_tol=1e-9)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=300))
+def test_fuzz_arbitrary_text_never_crashes(text: str) -> None:
+    try:
+        parsed = parse_answer(text, IDX, C)
+    except AnswerError:
+        return
+    check_covers(parsed, IDX)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=7) | st.dictionaries(st.text(max_size=5), children, max_size=7)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["4", "5", " 5", "x", "hap"]), json_values, max_size=4),
+    st.text(max_size=20),
+)
+def test_fuzz_json_shaped_answers_never_crash(obj: dict, noise: str) -> None:
+    try:
+        parsed = parse_answer(noise + json.dumps(obj) + noise, IDX, C)
+    except AnswerError:
+        return
+    check_covers(parsed, IDX)
