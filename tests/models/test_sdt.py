@@ -1,0 +1,152 @@
+"""SDT: the published parameter counts, masking, the self-distillation loss, configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import SMALL_SDT, WIDTHS
+
+from lantern.models.batch import IGNORE_LABEL, collate
+from lantern.models.registry import config_for_corpus, parameter_summary, speaker_vocabulary
+from lantern.models.sdt import SDT, SDTConfig
+
+
+def count(config: SDTConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in SDT(config).parameters())
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (SDTConfig.published_iemocap(6), 79_687_704),
+        (SDTConfig.published_iemocap(4), 79_679_504),
+        (SDTConfig.published_meld(), 78_386_204),
+    ],
+)
+def test_published_parameter_counts_without_vad_head(config, expected):
+    config.vad_head = False
+    assert count(config) == expected
+
+
+def test_vad_head_is_counted_apart_from_the_backbone():
+    with torch.device("meta"):
+        model = SDT(SDTConfig.published_iemocap(6))
+    summary = parameter_summary(model)
+    assert summary["backbone_parameters"] == 79_687_704
+    assert summary["vad_head_parameters"] == 1024 * 64 + 64 + 64 * 3 + 3
+    assert summary["total_parameters"] == summary["backbone_parameters"] + summary["vad_head_parameters"]
+
+
+def test_published_meld_config():
+    c = SDTConfig.published_meld()
+    assert (c.n_classes, c.n_speakers, c.widths["a"], c.temperature, c.gates_frozen) == (7, 9, 300, 8.0, True)
+
+
+def test_config_json_round_trip():
+    c = SDTConfig(n_classes=5, n_speakers=3, widths={"t": 7, "v": 4}, hidden=16, heads=2, temperature=2.0)
+    assert SDTConfig.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize("bad", [{}, {"x": 3}])
+def test_config_rejects_unknown_or_no_modalities(bad):
+    with pytest.raises(ValueError, match="modalities"):
+        SDTConfig(n_classes=4, n_speakers=2, widths=bad)
+
+
+def small_model(corpus, seed: int = 0, **overrides) -> SDT:
+    torch.manual_seed(seed)
+    return SDT(config_for_corpus("sdt", corpus, **{**SMALL_SDT, **overrides}))
+
+
+def test_padded_batch_equals_each_dialogue_alone(synthetic_corpus):
+    model = small_model(synthetic_corpus).eval()
+    vocab = speaker_vocabulary(synthetic_corpus)
+    dialogues = sorted(synthetic_corpus.split("dev")[:4], key=len)  # different lengths → padding
+    assert len({len(d) for d in dialogues}) > 1
+    with torch.no_grad():
+        together = model(collate(dialogues, vocab, list(WIDTHS)))
+        for i, d in enumerate(dialogues):
+            alone = model(collate([d], vocab, list(WIDTHS)))
+            n = len(d)
+            torch.testing.assert_close(together.log_probs[i, :n], alone.log_probs[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(together.vad[i, :n], alone.vad[0], atol=1e-5, rtol=1e-5)
+            for m in WIDTHS:
+                torch.testing.assert_close(
+                    together.aux_log_probs[m][i, :n], alone.aux_log_probs[m][0], atol=1e-5, rtol=1e-5
+                )
+
+
+def test_padding_content_does_not_leak(synthetic_corpus):
+    model = small_model(synthetic_corpus).eval()
+    vocab = speaker_vocabulary(synthetic_corpus)
+    batch = collate(sorted(synthetic_corpus.split("dev")[:3], key=len), vocab, list(WIDTHS))
+    with torch.no_grad():
+        before = model(batch).log_probs[batch.mask]
+        for m in WIDTHS:
+            batch.features[m][~batch.mask] = 1e3
+        batch.speakers[~batch.mask] = 1
+        after = model(batch).log_probs[batch.mask]
+    torch.testing.assert_close(before, after)
+
+
+@pytest.mark.parametrize(("modalities", "encoders"), [(["t", "a", "v"], 9), (["t", "v"], 4), (["a"], 1)])
+def test_modality_subsets_use_encoders_among_present_modalities(synthetic_corpus, modalities, encoders):
+    model = small_model(synthetic_corpus, modalities=modalities)
+    assert len(model.encoders) == encoders == len(model.gates)
+    batch = collate(synthetic_corpus.split("dev")[:2], speaker_vocabulary(synthetic_corpus), modalities)
+    out = model(batch)
+    assert set(out.aux_log_probs) == set(modalities)
+    assert out.log_probs.shape == (*batch.mask.shape, 4)
+    assert model.reductions[modalities[0]].in_features == len(modalities) * SMALL_SDT["hidden"]
+
+
+def test_frozen_gates_stay_identity_through_training(synthetic_corpus):
+    model = small_model(synthetic_corpus, gates_frozen=True)
+    batch = collate(synthetic_corpus.split("train")[:4], speaker_vocabulary(synthetic_corpus), list(WIDTHS))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.classification_loss(model(batch), batch).backward()
+    opt.step()
+    eye = torch.eye(SMALL_SDT["hidden"])
+    for gate in model.gates.values():
+        assert not gate.weight.requires_grad
+        assert torch.equal(gate.weight, eye)
+
+
+def test_loss_is_nll_plus_modality_nll_plus_kl_fused_to_modality(synthetic_corpus):
+    model = small_model(synthetic_corpus, temperature=2.0).eval()
+    batch = collate(synthetic_corpus.split("train")[:3], speaker_vocabulary(synthetic_corpus), list(WIDTHS))
+    out = model(batch)
+    labelled = batch.labels != IGNORE_LABEL
+    expected = F.nll_loss(out.log_probs[labelled], batch.labels[labelled])
+    teacher = F.softmax(out.log_probs[batch.mask] / 2.0, dim=-1)
+    for lp in out.aux_log_probs.values():
+        expected = expected + F.nll_loss(lp[labelled], batch.labels[labelled])
+        # kl_div(input=log Q, target=P) = KL(P ‖ Q): fused P is the reference.
+        student = F.log_softmax(lp[batch.mask] / 2.0, dim=-1)
+        expected = expected + F.kl_div(student, teacher, reduction="batchmean")
+    torch.testing.assert_close(model.classification_loss(out, batch), expected)
+
+
+def test_distillation_gradient_reaches_the_fused_classifier(synthetic_corpus):
+    """With no labels only the KL term remains; the fused side is not detached, so it gets gradient."""
+    model = small_model(synthetic_corpus)
+    batch = collate(synthetic_corpus.split("train")[:3], speaker_vocabulary(synthetic_corpus), list(WIDTHS))
+    batch.labels.fill_(IGNORE_LABEL)
+    loss = model.classification_loss(model(batch), batch)
+    loss.backward()
+    assert loss.item() > 0
+    assert model.classifier.weight.grad.abs().sum() > 0
+    assert model.modality_heads["t"][-1].weight.grad.abs().sum() > 0
+
+
+def test_class_weights_change_the_loss(synthetic_corpus):
+    model = small_model(synthetic_corpus).eval()
+    batch = collate(synthetic_corpus.split("train")[:3], speaker_vocabulary(synthetic_corpus), list(WIDTHS))
+    out = model(batch)
+    plain = model.classification_loss(out, batch)
+    weighted = model.classification_loss(out, batch, torch.tensor([10.0, 1.0, 1.0, 1.0]))
+    uniform = model.classification_loss(out, batch, torch.full((4,), 3.0))
+    assert not torch.isclose(plain, weighted)
+    torch.testing.assert_close(plain, uniform)  # the weighted mean only depends on relative weights
