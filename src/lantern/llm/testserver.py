@@ -1,0 +1,686 @@
+"""The project's own test LLM: a real OpenAI-compatible chat-completions server on loopback.
+
+It answers from the request alone: it reads the rendered Lantern prompt back
+(:func:`lantern.llm.prompt.read_window`) and, by default, echoes the vanilla probabilities it finds
+there in the compact answer form, so answers are deterministic and checkable. On demand it
+misbehaves like real servers do (rate limits, errors, hangs, dropped connections, malformed
+answers), mimics llama.cpp's refusal of ``response_format: json_schema``, and — clearly labelled
+``simulated-llm`` with the header ``X-Lantern-Simulated: 1`` — simulates an LLM of chosen accuracy
+from gold labels, so the fusion stage can be exercised end to end without a model.
+
+Run ``python -m lantern.llm.testserver --port 0`` (it prints ``LISTENING http://127.0.0.1:PORT``
+once ready; the OpenAI base URL is that plus ``/v1``), or from Python::
+
+    with running_test_server(latency=0.05) as url:
+        inject_faults(url, [{"kind": "429", "retry_after": 1}])
+        ...
+
+Control endpoints: ``POST /_control/faults`` with a JSON list of faults applied to the next chat
+requests in order (``{"kind": K, "count": n, ...}``, kinds in :data:`FAULT_KINDS`),
+``GET /_control/stats``, ``GET /_control/requests`` (recent request bodies), ``POST /_control/reset``.
+The server exits by itself after ``--idle-exit`` seconds without a request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from lantern.llm.answers import compact_answer
+from lantern.llm.prompt import PromptWindow, read_window
+from lantern.predictions import read_predictions
+
+log = logging.getLogger(__name__)
+
+SIMULATED_MODEL = "simulated-llm"
+DEFAULT_MODEL = "lantern-test-llm"
+KINDS = ("openai", "llamacpp")
+ANSWER_FORMS = ("digits", "percent")
+# Transport faults replace the response; answer faults corrupt an otherwise normal answer.
+TRANSPORT_FAULTS = ("429", "500", "timeout", "drop")
+ANSWER_FAULTS = (
+    "non_json",
+    "missing_utterance",
+    "unknown_class",
+    "negative",
+    "nan",
+    "oversized",
+    "truncated",
+)
+FAULT_KINDS = TRANSPORT_FAULTS + ANSWER_FAULTS
+RECENT_REQUESTS = 50
+
+
+@dataclass
+class Simulation:
+    """A simulated LLM of known accuracy, built from gold labels.
+
+    For each utterance of a window, with probability ``accuracy`` interpolated linearly from the
+    first utterance of the window (offset r = 0) to the last (``accuracy_last``), the answer puts
+    ``confidence`` on the gold class and spreads the rest over the others; otherwise it puts it on
+    a random wrong class. With probability ``fallback_rate`` the utterance is left out of the answer
+    (so the client falls back). ``random_answers`` gives useless random distributions instead.
+    Deterministic per (seed, dialogue, index, window start). Utterances without a gold label are
+    echoed.
+    """
+
+    gold: dict[tuple[str, int], int]
+    accuracy: float = 0.7
+    accuracy_last: float | None = None
+    confidence: float = 0.8
+    fallback_rate: float = 0.0
+    random_answers: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("accuracy", "confidence", "fallback_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"simulation {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.accuracy_last is not None and not 0.0 <= self.accuracy_last <= 1.0:
+            raise ValueError(f"simulation accuracy_last must be in [0, 1], got {self.accuracy_last}")
+
+    @classmethod
+    def from_predictions(cls, paths: list[str | Path], **options: object) -> Simulation:
+        """Gold labels from predictions JSONL files; an utterance's index is its position in its dialogue."""
+        gold: dict[tuple[str, int], int] = {}
+        position: Counter[str] = Counter()
+        for path in paths:
+            for p in read_predictions(path):
+                index = position[p.dialogue]
+                position[p.dialogue] += 1
+                if p.label is not None:
+                    gold[(p.dialogue, index)] = p.label
+        return cls(gold=gold, **options)
+
+    def accuracy_at(self, r: int, length: int) -> float:
+        last = self.accuracy if self.accuracy_last is None else self.accuracy_last
+        return self.accuracy + (last - self.accuracy) * (r / (length - 1) if length > 1 else 0.0)
+
+    def answer(self, window: PromptWindow) -> dict[int, list[float]]:
+        """Distributions for the window's utterances (left-out utterances are absent)."""
+        n_classes = len(window.classes)
+        length = window.stop - window.start
+        out: dict[int, list[float]] = {}
+        for u in window.utterances:
+            rng = random.Random(f"{self.seed}|{window.dialogue_id}|{u.index}|{window.start}")
+            if rng.random() < self.fallback_rate:
+                continue
+            label = self.gold.get((window.dialogue_id, u.index))
+            if self.random_answers:
+                out[u.index] = [rng.random() for _ in range(n_classes)]
+                continue
+            if label is None or not 0 <= label < n_classes:
+                out[u.index] = _echo(u.probs, n_classes)
+                continue
+            target = label
+            if n_classes > 1 and rng.random() >= self.accuracy_at(u.index - window.start, length):
+                target = rng.choice([c for c in range(n_classes) if c != label])
+            rest = (1.0 - self.confidence) / (n_classes - 1) if n_classes > 1 else 0.0
+            out[u.index] = [self.confidence if c == target else rest for c in range(n_classes)]
+        return out
+
+
+@dataclass
+class ServerConfig:
+    kind: str = "openai"
+    model: str = DEFAULT_MODEL
+    latency: float = 0.0
+    answer_form: str = "digits"
+    api_key: str | None = None
+    idle_exit: float = 600.0
+    simulation: Simulation | None = None
+
+
+@dataclass
+class ServerState:
+    """Mutable state of one server instance, shared by its handler threads under ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    faults: deque = field(default_factory=deque)
+    requests: Counter = field(default_factory=Counter)
+    faults_applied: Counter = field(default_factory=Counter)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
+    completions: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.requests.clear()
+            self.faults_applied.clear()
+            self.recent.clear()
+            self.completions = 0
+
+    def next_fault(self) -> dict | None:
+        with self.lock:
+            fault = self.faults.popleft() if self.faults else None
+            if fault is not None:
+                self.faults_applied[fault["kind"]] += 1
+            return fault
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {
+                "requests": dict(self.requests),
+                "chat_completions": self.requests["/v1/chat/completions"]
+                + self.requests["/chat/completions"],
+                "completions_answered": self.completions,
+                "faults_pending": [f["kind"] for f in self.faults],
+                "faults_applied": dict(self.faults_applied),
+            }
+
+
+def parse_faults(payload: object) -> list[dict]:
+    """Validate a fault list and expand ``count``; ValueError on anything unknown."""
+    if isinstance(payload, dict):
+        payload = [payload]
+    if not isinstance(payload, list):
+        raise ValueError("faults must be a JSON list of objects")
+    out = []
+    for item in payload:
+        fault = {"kind": item} if isinstance(item, str) else item
+        if not isinstance(fault, dict) or str(fault.get("kind")) not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {item!r}; kinds: {', '.join(FAULT_KINDS)}")
+        fault = {**fault, "kind": str(fault["kind"])}
+        count = fault.pop("count", 1)
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"fault count must be a positive integer, got {count!r}")
+        out.extend(dict(fault) for _ in range(count))
+    return out
+
+
+def _echo(probs: list[float], n_classes: int) -> list[float]:
+    if len(probs) == n_classes and sum(probs) > 0:
+        return list(probs)
+    return [1.0] * n_classes
+
+
+def _render(probs: dict[int, list[float]], form: str) -> str:
+    if form == "digits":
+        return compact_answer(probs)
+    total = {i: (sum(p) or 1.0) for i, p in probs.items()}
+    return json.dumps({str(i): " ".join(str(round(100 * x / total[i])) for x in p) for i, p in probs.items()})
+
+
+def _corrupt(fault: dict, probs: dict[int, list[float]], window: PromptWindow, form: str) -> tuple[str, str]:
+    """An answer spoiled the way ``fault`` says; returns (content, finish_reason)."""
+    kind = fault["kind"]
+    n_classes = len(window.classes)
+    first = window.utterances[0].index
+    target = int(fault.get("index", first))
+    obj: dict[str, object] = json.loads(_render(probs, form))
+    if kind == "non_json":
+        return "I'm sorry, but I can't assign emotions to this conversation.", "stop"
+    if kind == "missing_utterance":
+        obj.pop(str(int(fault.get("index", window.utterances[-1].index))), None)
+    elif kind == "unknown_class":
+        obj[str(target)] = {"bored": 9}
+    elif kind == "negative":
+        obj[str(target)] = [-1] + [9] * (n_classes - 1)
+    elif kind == "nan":
+        obj[str(target)] = [math.nan] + [1] * (n_classes - 1)
+    elif kind == "oversized":
+        size = int(fault.get("chars", 200_000))
+        return json.dumps(obj) + "\n" + "la " * (size // 3 + 1), "stop"
+    elif kind == "truncated":
+        text = json.dumps(obj)
+        return text[: len(text) // 2], "length"
+    return json.dumps(obj), "stop"
+
+
+class _Reply(Exception):
+    """An HTTP error reply, raised from inside request handling."""
+
+    def __init__(self, status: int, message: str, error_type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type = status, message, error_type
+
+
+class LLMTestServer(ThreadingHTTPServer):
+    """A threading HTTP server carrying its configuration and state (no module-level state)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], config: ServerConfig) -> None:
+        super().__init__(address, _Handler)
+        self.config = config
+        self.state = ServerState()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def watch_idle(self) -> None:
+        """Shut the server down after ``idle_exit`` seconds without a request (runs in a thread)."""
+        idle = self.config.idle_exit
+        while True:
+            time.sleep(min(1.0, idle / 4))
+            if time.monotonic() - self.state.last_activity > idle:
+                log.info("no request for %.0f s: exiting", idle)
+                self.shutdown()
+                return
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: LLMTestServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _send(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
+        data = (body if isinstance(body, str) else json.dumps(body)).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _error(
+        self, status: int, message: str, error_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self._send(status, {"error": {"message": message, "type": error_type, "code": status}}, headers)
+
+    def _body(self) -> object:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise _Reply(400, f"request body is not JSON ({exc})") from exc
+
+    def _route(self) -> str:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        state = self.server.state
+        with state.lock:
+            state.requests[path] += 1
+            state.last_activity = time.monotonic()
+        return path
+
+    # -- verbs ------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = self._route()
+        if path in ("/v1/models", "/models"):
+            model = self._model_name()
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": model, "object": "model", "created": 0, "owned_by": "lantern-testserver"}
+                    ],
+                },
+            )
+        elif path == "/_control/stats":
+            self._send(200, self.server.state.stats())
+        elif path == "/_control/requests":
+            with self.server.state.lock:
+                self._send(200, list(self.server.state.recent))
+        elif path in ("/health", "/"):
+            self._send(200, {"status": "ok"})
+        else:
+            self._error(404, f"no route {path}", "not_found_error")
+
+    def do_POST(self) -> None:
+        path = self._route()
+        try:
+            body = self._body()
+            if path == "/_control/faults":
+                faults = parse_faults(body)
+                with self.server.state.lock:
+                    self.server.state.faults.extend(faults)
+                self._send(200, {"queued": len(faults)})
+            elif path == "/_control/reset":
+                self.server.state.reset()
+                self._send(200, {"reset": True})
+            elif path in ("/v1/chat/completions", "/chat/completions"):
+                self._chat(body)
+            else:
+                raise _Reply(404, f"no route {path}", "not_found_error")
+        except _Reply as reply:
+            self._error(reply.status, reply.message, reply.error_type)
+        except ValueError as exc:
+            self._error(400, str(exc), "invalid_request_error")
+
+    # -- chat completions -------------------------------------------------------------------
+
+    def _model_name(self, requested: object = None) -> str:
+        config = self.server.config
+        if config.simulation is not None:
+            return SIMULATED_MODEL
+        return requested if isinstance(requested, str) and requested else config.model
+
+    def _check_auth(self) -> None:
+        key = self.server.config.api_key
+        if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
+            raise _Reply(401, "invalid or missing API key", "authentication_error")
+
+    def _check_response_format(self, fmt: object) -> None:
+        if fmt is None:
+            return
+        if not isinstance(fmt, dict):
+            raise _Reply(400, "response_format must be an object")
+        kind = self.server.config.kind
+        ftype = fmt.get("type")
+        if ftype == "json_schema":
+            if kind == "llamacpp":
+                # What llama.cpp's servers answer to OpenAI's structured-output form.
+                raise _Reply(
+                    500,
+                    'response_format type must be one of "text" or "json_object", but got: json_schema',
+                    "server_error",
+                )
+            spec = fmt.get("json_schema")
+            if not (
+                isinstance(spec, dict)
+                and isinstance(spec.get("name"), str)
+                and isinstance(spec.get("schema"), dict)
+            ):
+                raise _Reply(400, "response_format.json_schema needs a name and a schema object")
+        elif ftype == "json_object":
+            extra = set(fmt) - {"type", "schema"}
+            if extra or ("schema" in fmt and not isinstance(fmt["schema"], dict)):
+                raise _Reply(400, f"response_format json_object: unexpected fields {sorted(extra)}")
+            if "schema" in fmt and kind != "llamacpp":
+                raise _Reply(400, "response_format json_object takes no schema on this server")
+        elif ftype != "text":
+            raise _Reply(400, f"response_format type {ftype!r} is not supported")
+
+    def _chat(self, body: object) -> None:
+        self._check_auth()
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            raise _Reply(400, "a chat completion needs a JSON body with a messages list")
+        if body.get("stream"):
+            raise _Reply(400, "the test server does not stream")
+        self._check_response_format(body.get("response_format"))
+        messages = body["messages"]
+        user = next(
+            (m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
+            None,
+        )
+        if not isinstance(user, str):
+            raise _Reply(400, "no user message with text content")
+        try:
+            window = read_window(user)
+        except (ValueError, IndexError) as exc:
+            raise _Reply(400, f"test server: not a Lantern prompt ({exc})") from exc
+        state, config = self.server.state, self.server.config
+        with state.lock:
+            state.recent.append(body)
+        fault = state.next_fault()
+        if config.latency > 0:
+            time.sleep(config.latency)
+        if fault is not None and fault["kind"] in TRANSPORT_FAULTS:
+            self._transport_fault(fault)
+            if fault["kind"] != "timeout":
+                return
+        self._answer(body, messages, window, fault)
+
+    def _transport_fault(self, fault: dict) -> None:
+        kind = fault["kind"]
+        if kind == "429":
+            retry = fault.get("retry_after", 1)
+            self._error(429, "Rate limit reached (injected)", "rate_limit_error", {"Retry-After": str(retry)})
+        elif kind == "500":
+            self._error(500, "Internal server error (injected)", "server_error")
+        elif kind == "timeout":
+            time.sleep(float(fault.get("seconds", 5.0)))
+        elif kind == "drop":
+            self.close_connection = True
+            with suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _answer(self, body: dict, messages: list, window: PromptWindow, fault: dict | None) -> None:
+        config = self.server.config
+        n_classes = len(window.classes)
+        if config.simulation is not None:
+            probs = config.simulation.answer(window)
+        else:
+            probs = {u.index: _echo(u.probs, n_classes) for u in window.utterances}
+        if fault is not None and fault["kind"] in ANSWER_FAULTS:
+            content, finish = _corrupt(fault, probs, window, config.answer_form)
+        else:
+            content, finish = _render(probs, config.answer_form), "stop"
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        if isinstance(max_tokens, int) and max_tokens > 0 and len(content) > 4 * max_tokens:
+            content, finish = content[: 4 * max_tokens], "length"
+        prompt_chars = sum(len(m.get("content") or "") for m in messages if isinstance(m, dict))
+        prompt_tokens = max(1, prompt_chars // 4)
+        completion_tokens = max(1, len(content) // 4)
+        with self.server.state.lock:
+            self.server.state.completions += 1
+            serial = self.server.state.completions
+        response = {
+            "id": f"chatcmpl-lantern-{serial:08x}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self._model_name(body.get("model")),
+            "system_fingerprint": "lantern-testserver",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        headers = {"X-Lantern-Simulated": "1"} if config.simulation is not None else None
+        self._send(200, response, headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running it: the command line, and a context manager for tests and benches.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lantern.llm.testserver", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="openai",
+        help="server to mimic: llamacpp answers HTTP 500 to response_format json_schema",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name reported when the request names none")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
+    p.add_argument(
+        "--answer-form",
+        choices=ANSWER_FORMS,
+        default="digits",
+        help="digits: the compact form the prompt asks for; percent: integer percentages",
+    )
+    p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--idle-exit", type=float, default=600.0, help="exit after this many idle seconds")
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    sim = p.add_argument_group("simulation (answers labelled simulated-llm)")
+    sim.add_argument(
+        "--simulate",
+        nargs="+",
+        metavar="PREDICTIONS_JSONL",
+        help="simulate an LLM from the gold labels in these predictions files",
+    )
+    sim.add_argument("--accuracy", type=float, default=0.7, help="accuracy at the window's first utterance")
+    sim.add_argument(
+        "--accuracy-last",
+        type=float,
+        default=None,
+        help="accuracy at the window's last utterance (default: --accuracy)",
+    )
+    sim.add_argument("--confidence", type=float, default=0.8, help="probability put on the chosen class")
+    sim.add_argument("--fallback-rate", type=float, default=0.0, help="share of utterances left out")
+    sim.add_argument("--random", action="store_true", help="answer random distributions (a useless LLM)")
+    sim.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def serve(args: argparse.Namespace) -> LLMTestServer:
+    simulation = None
+    if args.simulate:
+        simulation = Simulation.from_predictions(
+            args.simulate,
+            accuracy=args.accuracy,
+            accuracy_last=args.accuracy_last,
+            confidence=args.confidence,
+            fallback_rate=args.fallback_rate,
+            random_answers=args.random,
+            seed=args.seed,
+        )
+    config = ServerConfig(
+        kind=args.kind,
+        model=args.model,
+        latency=args.latency,
+        answer_form=args.answer_form,
+        api_key=args.api_key,
+        idle_exit=args.idle_exit,
+        simulation=simulation,
+    )
+    return LLMTestServer((args.host, args.port), config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        server = serve(args)
+    except (ValueError, OSError) as exc:
+        print(f"testserver: error: {exc}", file=sys.stderr)
+        return 2
+    threading.Thread(target=server.watch_idle, daemon=True).start()
+    print(f"LISTENING {server.url}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _flags(options: dict[str, object]) -> list[str]:
+    out: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            out.append(flag)
+        elif isinstance(value, list | tuple):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+@contextmanager
+def running_test_server(*args: str, timeout: float = 20.0, **options: object) -> Iterator[str]:
+    """Start the test server as a subprocess; yield its URL (``http://127.0.0.1:PORT``); stop it on exit.
+
+    ``args`` are command-line arguments; keyword ``options`` are flags too (``latency=0.05`` →
+    ``--latency 0.05``, ``simulate=[path]`` → ``--simulate path``, ``random=True`` → ``--random``).
+    """
+    command = [sys.executable, "-m", "lantern.llm.testserver", "--port", "0", *args, *_flags(options)]
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
+        try:
+            yield _wait_listening(proc, stderr, timeout)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+start_test_server = running_test_server
+
+
+def _wait_listening(proc: subprocess.Popen, stderr: object, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    if proc.stdout is None:
+        raise RuntimeError("test LLM server started without a stdout pipe")
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = proc.stdout.readline().decode("utf-8", "replace").strip()
+            if line.startswith("LISTENING "):
+                return line.split(" ", 1)[1]
+            if not line and proc.poll() is not None:
+                break
+    stderr.seek(0)
+    detail = stderr.read().decode("utf-8", "replace").strip()
+    raise RuntimeError(f"test LLM server did not start within {timeout:.0f} s: {detail or 'no output'}")
+
+
+def _control(url: str, path: str, payload: object | None = None) -> object:
+    data = None if payload is None else json.dumps(payload).encode("utf-8")
+    method = "GET" if payload is None else "POST"
+    request = urllib.request.Request(
+        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def inject_faults(url: str, faults: list[dict | str]) -> int:
+    """Queue faults for the next chat requests; returns how many were queued."""
+    return int(_control(url, "/_control/faults", faults)["queued"])
+
+
+def server_stats(url: str) -> dict:
+    return _control(url, "/_control/stats")
+
+
+def recent_requests(url: str) -> list[dict]:
+    """The last chat request bodies the server received (oldest first)."""
+    return _control(url, "/_control/requests")
+
+
+def reset_server(url: str) -> None:
+    _control(url, "/_control/reset", {})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
