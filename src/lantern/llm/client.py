@@ -146,6 +146,7 @@ class ClientStats:
 
     requests_sent: int = 0
     retries: int = 0
+    max_in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -274,6 +275,7 @@ class LLMClient:
     ) -> tuple[Completion | None, RequestFailed | None, float | None]:
         """One HTTP attempt: (completion, None, None) or (None, retryable failure, Retry-After)."""
         self._in_flight[replica] += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, sum(self._in_flight))
         self.stats.requests_sent += 1
         self.stats.per_replica[replica] += 1
         try:
