@@ -280,7 +280,11 @@ def generate_example(
 
     name = f"synthetic IEMOCAP-shaped example (seed {seed}, {n_dialogues} dialogues; not real data)"
     corpus = Corpus(
-        name=name, labels=label_set, dialogues=dialogues, modalities={m: widths[m] for m in synthetic}
+        name=name,
+        labels=label_set,
+        dialogues=dialogues,
+        modalities={m: widths[m] for m in synthetic},
+        feature_sources={m: "synthetic" for m in synthetic},
     )
     if "t" in widths and text_features == "minilm":
         from lantern.corpus.text_features import add_text_features

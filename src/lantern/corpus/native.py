@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,7 +131,9 @@ def save_corpus(corpus: Corpus, out_dir: str | Path, *, overwrite: bool = False)
                 f"{out}: exists and is not a Lantern corpus directory; refusing to replace it"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # Not tempfile.mkdtemp: that makes the directory private, and a corpus directory is not.
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
     try:
         _write(corpus, tmp)
         if out.exists():
