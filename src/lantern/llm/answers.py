@@ -10,9 +10,9 @@
 utterance carries its vanilla distribution and the reason the LLM's answer was not used.
 
 The LLM's own answer to one window is a JSON object in a compact form that keeps the answer short
-(about 10 tokens per utterance with a 6-class label set; a string of integer percentages costs
-about 18): each utterance index maps to a string of one digit per class, in class order, from 0
-(impossible) to 9 (certain), read as relative weights::
+(10-12 tokens per utterance with a 6-class label set in SmolLM2's tokenizer, which splits every
+digit; a string of integer percentages costs about 20): each utterance index maps to a string of
+one digit per class, in class order, from 0 (impossible) to 9 (certain), read as relative weights::
 
     {"4": "106003", "5": "000900"}
 
