@@ -1,0 +1,551 @@
+"""Stage 1: train the multi-task vanilla model, select it on dev, save it, predict every split.
+
+Loss = the model's own classification loss (SDT's includes self-distillation) + λ · masked VAD MSE
+(METHOD.md §1). Model selection uses dev weighted F1 only; ``fit`` is handed the training and dev
+dialogues and nothing else, so the test split cannot leak into training or selection.
+
+Files written under RUN_DIR/vanilla/ (RUNDIR.md): model.safetensors, config.json (everything that
+rebuilds the model and reads new dialogues), metrics.json (per-epoch history, the chosen epoch),
+predictions-{train,dev,test}.jsonl, and optionally crossfit/predictions-train.jsonl.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lantern import __version__
+from lantern.corpus.dialogue import SPLITS, Corpus, Dialogue
+from lantern.labels import IEMOCAP6, LabelSet
+from lantern.metrics import classification_report
+from lantern.models.batch import IGNORE_LABEL, collate, vad_from_unit
+from lantern.models.heads import masked_vad_loss
+from lantern.models.registry import build_model, config_for_corpus, parameter_summary, speaker_vocabulary
+from lantern.predictions import Prediction, write_predictions
+from lantern.rundir import RunDir, atomic_write_bytes, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+CROSSFIT_DIR = "crossfit"
+
+# Published IEMOCAP 6-way training priors (DATA.md); SDT weights its NLL by their inverses.
+IEMOCAP6_PRIORS = (0.0867, 0.1444, 0.2279, 0.1606, 0.1277, 0.2527)
+
+
+@dataclass
+class TrainConfig:
+    """How a vanilla model is trained. ``class_weights``: "none" or "inverse_prior";
+    ``scheduler``: "none" or "plateau" (ReduceLROnPlateau on dev loss, PyTorch defaults);
+    ``bucket_batches``: batches per length-sorted pool (see ``length_batches``);
+    ``model_overrides``: model config fields the recipe sets (SDT's MELD temperature)."""
+
+    preset: str = "quick"
+    model: str | None = None
+    epochs: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    scheduler: str = "none"
+    class_weights: str = "none"
+    lambda_vad: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    modalities: list[str] | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    bucket_batches: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.bucket_batches < 1:
+            raise ValueError("epochs, batch size and bucket_batches must be >= 1")
+        if self.lr <= 0 or self.lambda_vad < 0:
+            raise ValueError(f"need lr > 0 and lambda_vad >= 0, got {self.lr}, {self.lambda_vad}")
+        if self.scheduler not in ("none", "plateau"):
+            raise ValueError(f"scheduler must be 'none' or 'plateau', got {self.scheduler!r}")
+        if self.class_weights not in ("none", "inverse_prior"):
+            raise ValueError(f"class_weights must be 'none' or 'inverse_prior', got {self.class_weights!r}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# The published recipes (MODELS.md), and a short one for tests and demos.
+PRESETS: dict[str, dict[str, Any]] = {
+    "corect": dict(
+        model="corect", epochs=50, lr=2.5e-4, weight_decay=1e-8, batch_size=10, scheduler="plateau", seed=24
+    ),
+    "sdt-iemocap": dict(
+        model="sdt", epochs=150, lr=1e-4, weight_decay=1e-5, batch_size=16, class_weights="inverse_prior"
+    ),
+    "sdt-meld": dict(
+        model="sdt",
+        epochs=50,
+        lr=5e-6,
+        weight_decay=1e-5,
+        batch_size=8,
+        model_overrides={"temperature": 8.0, "gates_frozen": True},
+    ),
+    "quick": dict(model=None, epochs=8, lr=1e-3, batch_size=8),
+}
+
+
+def default_preset(model_name: str, labels: LabelSet) -> str:
+    """The published recipe for a model (SDT: the MELD one for a MELD label set)."""
+    if model_name == "corect":
+        return "corect"
+    return "sdt-meld" if labels.name == "meld7" else "sdt-iemocap"
+
+
+def make_train_config(preset: str, **overrides: Any) -> TrainConfig:
+    """A preset with overrides applied; overrides that are None leave the preset's value."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown training options {unknown}")
+    values = {**PRESETS[preset], "preset": preset}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**copy.deepcopy(values))
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" → cuda when available, else cpu; anything else as torch understands it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def class_weight_tensor(labels: LabelSet, train: Sequence[Dialogue]) -> torch.Tensor:
+    """1/prior per class: the published priors for IEMOCAP 6-way, else the training split's own
+    frequencies (a class absent from training gets weight 0, so it cannot divide by zero)."""
+    if labels == IEMOCAP6:
+        priors = np.asarray(IEMOCAP6_PRIORS)
+    else:
+        counts = np.bincount(
+            [u.label for d in train for u in d.utterances if u.label is not None], minlength=len(labels)
+        ).astype(float)
+        priors = counts / max(counts.sum(), 1.0)
+    weights = np.divide(1.0, priors, out=np.zeros_like(priors), where=priors > 0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def length_batches(
+    dialogues: Sequence[Dialogue], batch_size: int, generator: torch.Generator, bucket_batches: int = 4
+) -> list[list[Dialogue]]:
+    """Batches of similar-length dialogues, in a random order.
+
+    The dialogues are shuffled, cut into pools of ``batch_size · bucket_batches``, each pool is
+    sorted by length (less padding) and cut into batches, and the batches are shuffled. Pools keep
+    batch composition random from epoch to epoch; everything draws from ``generator``.
+    """
+    order = torch.randperm(len(dialogues), generator=generator).tolist()
+    pool = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), pool):
+        members = sorted(order[start : start + pool], key=lambda i: len(dialogues[i]))
+        batches.extend(members[j : j + batch_size] for j in range(0, len(members), batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [[dialogues[i] for i in batches[b]] for b in shuffled]
+
+
+@dataclass
+class FitResult:
+    """history: one record per epoch (train_loss, dev loss/accuracy/weighted_f1, lr);
+    best_epoch: 1-based epoch whose weights the model holds after ``fit``."""
+
+    history: list[dict]
+    best_epoch: int
+    best_dev: dict
+
+    def to_json(self) -> dict:
+        return {
+            "selection": "dev weighted_f1",
+            "best_epoch": self.best_epoch,
+            "best_dev": self.best_dev,
+            "history": self.history,
+        }
+
+
+def _loss(
+    model: nn.Module, output, batch, class_weights: torch.Tensor | None, lambda_vad: float
+) -> torch.Tensor:
+    loss = model.classification_loss(output, batch, class_weights)
+    if lambda_vad > 0 and output.vad is not None:
+        loss = loss + lambda_vad * masked_vad_loss(output.vad, batch.vad, batch.vad_mask)
+    return loss
+
+
+def _batches(dialogues: Sequence[Dialogue], batch_size: int) -> Iterator[list[Dialogue]]:
+    for start in range(0, len(dialogues), batch_size):
+        yield list(dialogues[start : start + batch_size])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dialogues: Sequence[Dialogue],
+    classes: Sequence[str],
+    *,
+    speaker_vocab: dict[str, int],
+    modalities: Sequence[str],
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    class_weights: torch.Tensor | None = None,
+    lambda_vad: float = 1.0,
+) -> dict:
+    """Mean loss per batch and the classification report (%, metrics.classification_report) of
+    the model's argmax on the labelled utterances of ``dialogues``, in eval mode."""
+    model.eval()
+    gold: list[int] = []
+    pred: list[int] = []
+    losses: list[float] = []
+    for chunk in _batches(dialogues, batch_size):
+        batch = collate(chunk, speaker_vocab, modalities).to(device)
+        output = model(batch)
+        losses.append(float(_loss(model, output, batch, class_weights, lambda_vad)))
+        labelled = batch.labels != IGNORE_LABEL
+        gold.extend(batch.labels[labelled].tolist())
+        pred.extend(output.log_probs.argmax(-1)[labelled].tolist())
+    report = classification_report(gold, pred, classes)
+    report["loss"] = float(np.mean(losses)) if losses else 0.0
+    return report
+
+
+def fit(
+    model: nn.Module,
+    train: Sequence[Dialogue],
+    dev: Sequence[Dialogue],
+    config: TrainConfig,
+    *,
+    classes: Sequence[str],
+    speaker_vocab: dict[str, int],
+    modalities: Sequence[str],
+    class_weights: torch.Tensor | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``train``; keep the weights of the epoch with the best dev
+    weighted F1 (first best on ties). Deterministic on CPU for a given ``config.seed``."""
+    if not train:
+        raise ValueError("the corpus has no training dialogues")
+    if not dev:
+        raise ValueError("the corpus has no dev dialogues: model selection needs a dev split")
+    device = resolve_device(config.device)
+    model.to(device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer) if config.scheduler == "plateau" else None
+    )
+    history: list[dict] = []
+    best_f1, best_epoch, best_dev, best_state = -1.0, 0, {}, None
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not config.progress)
+        for epoch in bar:
+            model.train()
+            train_losses = []
+            for chunk in length_batches(train, config.batch_size, generator, config.bucket_batches):
+                batch = collate(chunk, speaker_vocab, modalities).to(device)
+                loss = _loss(model, model(batch), batch, class_weights, config.lambda_vad)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                train_losses.append(loss.item())
+            dev_report = evaluate(
+                model,
+                dev,
+                classes,
+                speaker_vocab=speaker_vocab,
+                modalities=modalities,
+                device=device,
+                batch_size=config.batch_size,
+                class_weights=class_weights,
+                lambda_vad=config.lambda_vad,
+            )
+            if scheduler is not None:
+                scheduler.step(dev_report["loss"])
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(train_losses)),
+                "dev_loss": dev_report["loss"],
+                "dev_accuracy": dev_report["accuracy"],
+                "dev_weighted_f1": dev_report["weighted_f1"],
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            history.append(record)
+            if dev_report["weighted_f1"] > best_f1:
+                best_f1, best_epoch, best_dev = dev_report["weighted_f1"], epoch, dev_report
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bar.set_postfix(
+                loss=f"{record['train_loss']:.3f}",
+                dev_acc=record["dev_accuracy"],
+                dev_wf1=record["dev_weighted_f1"],
+            )
+            log.info("epoch %d: %s", epoch, record)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(history=history, best_epoch=best_epoch, best_dev=best_dev)
+
+
+@dataclass
+class CheckpointMeta:
+    """What config.json holds beside the weights: enough to rebuild the model and read new dialogues.
+
+    ``vad_trained`` is False when the VAD head received no loss (λ = 0 or a corpus without VAD
+    labels); predictions then carry no VAD.
+    """
+
+    model: str
+    model_config: dict
+    labels: LabelSet
+    modalities: dict[str, int]
+    speaker_vocab: dict[str, int]
+    vad_trained: bool
+    seed: int
+    training: dict = field(default_factory=dict)
+    corpus_fingerprint: str | None = None
+    parameters: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "lantern_version": __version__,
+            "model": self.model,
+            "model_config": self.model_config,
+            "label_set": self.labels.to_json(),
+            "modalities": self.modalities,
+            "speaker_vocabulary": self.speaker_vocab,
+            "vad_trained": self.vad_trained,
+            "seed": self.seed,
+            "training": self.training,
+            "corpus_fingerprint": self.corpus_fingerprint,
+            "parameters": self.parameters,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> CheckpointMeta:
+        return cls(
+            model=data["model"],
+            model_config=data["model_config"],
+            labels=LabelSet.from_json(data["label_set"]),
+            modalities=dict(data["modalities"]),
+            speaker_vocab=dict(data["speaker_vocabulary"]),
+            vad_trained=bool(data["vad_trained"]),
+            seed=int(data["seed"]),
+            training=data.get("training", {}),
+            corpus_fingerprint=data.get("corpus_fingerprint"),
+            parameters=data.get("parameters", {}),
+        )
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMeta) -> None:
+    """model.safetensors (the state dict) + config.json, each written atomically."""
+    directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(directory / MODEL_FILE, safetensors.torch.save(state))
+    write_json(directory / CONFIG_FILE, meta.to_json())
+
+
+def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild a trained model from RUN_DIR/vanilla/ (no optimizer, no corpus); eval mode."""
+    directory = Path(directory)
+    for name in (CONFIG_FILE, MODEL_FILE):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory / name}: no trained model here (run `lantern train` first)")
+    meta = CheckpointMeta.from_json(read_json(directory / CONFIG_FILE))
+    model = build_model(meta.model, meta.model_config)
+    model.load_state_dict(safetensors.torch.load_file(str(directory / MODEL_FILE)))
+    model.to(resolve_device(device)).eval()
+    return model, meta
+
+
+def _check_features(meta: CheckpointMeta, dialogues: Sequence[Dialogue]) -> None:
+    for d in dialogues:
+        for m, width in meta.modalities.items():
+            x = d.features.get(m)
+            if x is None or x.ndim != 2 or x.shape[1] != width:
+                got = None if x is None else tuple(x.shape)
+                raise ValueError(
+                    f"dialogue {d.id}: the model reads modality {m!r} of width {width}, got {got}"
+                )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    meta: CheckpointMeta,
+    dialogues: Sequence[Dialogue],
+    device: str = "auto",
+    batch_size: int = 16,
+) -> list[Prediction]:
+    """One Prediction per utterance, in dialogue order: probabilities in label-set order summing
+    to 1, VAD on the 1-5 scale (None when the VAD head was not trained), gold label or None."""
+    _check_features(meta, dialogues)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    modalities = list(meta.modalities)
+    out: list[Prediction] = []
+    for chunk in _batches(dialogues, batch_size):
+        output = model(collate(chunk, meta.speaker_vocab, modalities).to(dev))
+        probs = output.log_probs.double().exp().cpu().numpy()
+        vad = vad_from_unit(output.vad.double().cpu().numpy()) if output.vad is not None else None
+        for i, d in enumerate(chunk):
+            for j, u in enumerate(d.utterances):
+                p = probs[i, j] / probs[i, j].sum()
+                out.append(
+                    Prediction(
+                        id=u.id,
+                        dialogue=d.id,
+                        speaker=u.speaker,
+                        split=d.split,
+                        label=u.label,
+                        probs=[float(x) for x in p],
+                        vad=[float(x) for x in vad[i, j]] if vad is not None and meta.vad_trained else None,
+                    )
+                )
+    return out
+
+
+def _has_vad(dialogues: Sequence[Dialogue]) -> bool:
+    return any(u.vad is not None for d in dialogues for u in d.utterances)
+
+
+def _train_one(
+    model_name: str,
+    corpus: Corpus,
+    train: Sequence[Dialogue],
+    dev: Sequence[Dialogue],
+    config: TrainConfig,
+    corpus_fingerprint: str | None,
+) -> tuple[nn.Module, CheckpointMeta, FitResult]:
+    """Build a fresh model for ``corpus`` (seeded), fit it on ``train``, select on ``dev``."""
+    model_config = config_for_corpus(
+        model_name, corpus, modalities=config.modalities, **config.model_overrides
+    )
+    vocab = speaker_vocabulary(corpus)
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, model_config)
+    weights = class_weight_tensor(corpus.labels, train) if config.class_weights == "inverse_prior" else None
+    modalities = list(model_config.widths)
+    result = fit(
+        model,
+        train,
+        dev,
+        config,
+        classes=corpus.labels.classes,
+        speaker_vocab=vocab,
+        modalities=modalities,
+        class_weights=weights,
+    )
+    meta = CheckpointMeta(
+        model=model_name,
+        model_config=model_config.to_json(),
+        labels=corpus.labels,
+        modalities=dict(model_config.widths),
+        speaker_vocab=vocab,
+        vad_trained=config.lambda_vad > 0
+        and getattr(model, "vad_head", None) is not None
+        and _has_vad(train),
+        seed=config.seed,
+        training=config.to_json(),
+        corpus_fingerprint=corpus_fingerprint,
+        parameters=parameter_summary(model),
+    )
+    return model, meta, result
+
+
+def crossfit_folds(dialogues: Sequence[Dialogue], k: int, seed: int) -> list[list[Dialogue]]:
+    """K disjoint folds covering ``dialogues`` (a seeded permutation dealt round-robin)."""
+    if not 2 <= k <= len(dialogues):
+        raise ValueError(f"cross-fitting needs 2 <= K <= {len(dialogues)} training dialogues, got K = {k}")
+    order = torch.randperm(len(dialogues), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [[dialogues[i] for i in order[f::k]] for f in range(k)]
+
+
+def crossfit_predictions(
+    model_name: str, corpus: Corpus, config: TrainConfig, k: int = 5
+) -> tuple[list[Prediction], dict]:
+    """Training-split predictions where each fold comes from a model trained without it (dev still
+    selects each model). Returns the predictions in corpus order and a record of the folds."""
+    train, dev = corpus.split("train"), corpus.split("dev")
+    folds = crossfit_folds(train, k, config.seed)
+    by_id: dict[str, list[Prediction]] = {}
+    record = {"k": k, "folds": []}
+    for f, held_out in enumerate(folds):
+        held = {d.id for d in held_out}
+        rest = [d for d in train if d.id not in held]
+        log.info("cross-fit fold %d/%d: %d training dialogues", f + 1, k, len(rest))
+        model, meta, result = _train_one(model_name, corpus, rest, dev, config, None)
+        for p in predict(model, meta, held_out, config.device):
+            by_id.setdefault(p.dialogue, []).append(p)
+        record["folds"].append({"dialogues": sorted(held), "best_epoch": result.best_epoch})
+    return [p for d in train for p in by_id[d.id]], record
+
+
+def train_run(
+    corpus: str | Path | Corpus,
+    run_dir: str | Path,
+    model_name: str,
+    *,
+    preset: str | None = None,
+    crossfit: int = 0,
+    **overrides: Any,
+) -> dict:
+    """Train a vanilla model and write RUN_DIR/vanilla/*: checkpoint, metrics, predictions for every
+    split (and cross-fitted training predictions when ``crossfit`` ≥ 2). ``corpus`` is a native
+    corpus directory (recorded with its fingerprint in run.json) or an in-memory Corpus.
+    ``overrides``: TrainConfig fields (epochs, lr, batch_size, lambda_vad, seed, device, modalities...).
+    Returns a summary: chosen epoch, dev report, parameter counts, paths."""
+    run = RunDir(run_dir)
+    fingerprint = None
+    if isinstance(corpus, Corpus):
+        corpus.validate()
+        data = corpus
+    else:
+        from lantern.corpus.native import corpus_fingerprint, load_corpus
+
+        data = load_corpus(corpus)
+        fingerprint = corpus_fingerprint(corpus)
+        run.set_corpus(corpus, fingerprint)
+    config = make_train_config(preset or default_preset(model_name, data.labels), **overrides)
+    if config.model is not None and config.model != model_name:
+        raise ValueError(f"preset {config.preset!r} is the recipe of {config.model}, not {model_name}")
+    model, meta, result = _train_one(
+        model_name, data, data.split("train"), data.split("dev"), config, fingerprint
+    )
+    save_checkpoint(run.vanilla, model, meta)
+    write_json(run.vanilla / METRICS_FILE, result.to_json())
+    for split in SPLITS:
+        write_predictions(run.predictions(split), predict(model, meta, data.split(split), config.device))
+    summary = {
+        "model": model_name,
+        "preset": config.preset,
+        "best_epoch": result.best_epoch,
+        "dev": {k: result.best_dev[k] for k in ("accuracy", "weighted_f1")},
+        "parameters": meta.parameters,
+        "vanilla_dir": str(run.vanilla),
+    }
+    if crossfit:
+        predictions, record = crossfit_predictions(model_name, data, config, crossfit)
+        write_predictions(run.vanilla / CROSSFIT_DIR / "predictions-train.jsonl", predictions)
+        write_json(run.vanilla / CROSSFIT_DIR / "folds.json", record)
+        summary["crossfit"] = str(run.vanilla / CROSSFIT_DIR)
+    return summary
