@@ -1,9 +1,205 @@
-"""`lantern` commands of the models group."""
+"""`lantern models summary`, `train`, `predict`, `evaluate`: the vanilla model stage from the shell."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+# The registry's names, spelled out so that building the parser does not import torch.
+MODEL_NAMES = ("corect", "sdt")
+SPLIT_CHOICES = ("train", "dev", "test", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
+    models = sub.add_parser("models", help="describe the vanilla models (CORECT, SDT)")
+    group = models.add_subparsers(dest="models_command", required=True, metavar="MODELS_COMMAND")
+    p = group.add_parser(
+        "summary", help="parameter counts of a model for a corpus, or for given classes/widths/speakers"
+    )
+    p.add_argument("model", choices=MODEL_NAMES)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", type=Path, metavar="CORPUS_DIR", help="size the model for this corpus")
+    source.add_argument(
+        "--classes", type=int, metavar="C", help="number of classes (with --widths, --speakers)"
+    )
+    p.add_argument("--widths", metavar="t=W,a=W,v=W", help="input width per modality (with --classes)")
+    p.add_argument("--speakers", type=int, default=2, metavar="N", help="speaker vocabulary size (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(handler=_summary)
+
+    p = sub.add_parser("train", help="train a vanilla model; writes RUN_DIR/vanilla/ and its predictions")
+    p.add_argument("--corpus", required=True, type=Path, metavar="CORPUS_DIR")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="training recipe: corect, sdt-iemocap, sdt-meld, quick (default: the model's published one)",
+    )
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--lambda-vad", type=float, metavar="X", help="weight of the VAD loss (default 1; 0: none)"
+    )
+    p.add_argument("--modalities", metavar="t,a,v", help="use only these modalities of the corpus")
+    p.add_argument("--batch-size", type=int, metavar="B", help="dialogues per batch")
+    p.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    p.add_argument(
+        "--crossfit",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write K-fold cross-fitted train predictions",
+    )
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("predict", help="predict a corpus split with a trained vanilla model")
+    p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
+    p.add_argument("--corpus", required=True, type=Path, metavar="CORPUS_DIR")
+    p.add_argument("--split", required=True, choices=SPLIT_CHOICES)
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="predictions JSONL to write")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("evaluate", help="accuracy, weighted F1, per-class F1, confusion matrix")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--predictions", type=Path, metavar="FILE", help="a predictions JSONL file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(handler=_evaluate)
+
+
+def _parse_widths(text: str | None) -> dict[str, int]:
+    if not text:
+        raise ValueError("--classes needs --widths, e.g. --widths t=768,a=100,v=512")
+    widths = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"--widths: {item!r} is not MODALITY=WIDTH (e.g. t=768)")
+        widths[name.strip()] = int(value)
+    return widths
+
+
+def _summary(args: argparse.Namespace) -> int:
+    import torch
+
+    from lantern.models.registry import MODELS, build_model, config_for_corpus, parameter_summary
+
+    if args.corpus is not None:
+        from lantern.corpus.native import load_corpus
+
+        config = config_for_corpus(args.model, load_corpus(args.corpus))
+    else:
+        config = MODELS[args.model][1](
+            n_classes=args.classes, n_speakers=args.speakers, widths=_parse_widths(args.widths)
+        )
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        model = build_model(args.model, config)
+    summary = {"model": args.model, **parameter_summary(model), "config": config.to_json()}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    widths = " ".join(f"{m}={w}" for m, w in config.widths.items())
+    print(f"{args.model}: {config.n_classes} classes, {config.n_speakers} speakers, widths {widths}")
+    for key in ("total_parameters", "backbone_parameters", "vad_head_parameters"):
+        print(f"  {key.replace('_', ' '):<22}{summary[key]:>14,}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lantern.training import train_run
+
+    modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    summary = train_run(
+        args.corpus,
+        args.out,
+        args.model,
+        preset=args.preset,
+        crossfit=args.crossfit,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        lambda_vad=args.lambda_vad,
+        modalities=modalities,
+        batch_size=args.batch_size,
+        lr=args.lr,
+    )
+    dev = summary["dev"]
+    print(
+        f"trained {summary['model']} ({summary['preset']}): best dev epoch {summary['best_epoch']}, "
+        f"accuracy {dev['accuracy']:.2f}, weighted F1 {dev['weighted_f1']:.2f}; "
+        f"{summary['parameters']['total_parameters']:,} parameters"
+    )
+    print(f"wrote {summary['vanilla_dir']}")
+    if "crossfit" in summary:
+        print(f"wrote {summary['crossfit']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from lantern.corpus.native import load_corpus
+    from lantern.predictions import write_predictions
+    from lantern.rundir import RunDir
+    from lantern.training import load_checkpoint, predict
+
+    model, meta = load_checkpoint(RunDir(args.run).vanilla)
+    corpus = load_corpus(args.corpus)
+    dialogues = corpus.dialogues if args.split == "all" else corpus.split(args.split)
+    predictions = predict(model, meta, dialogues)
+    write_predictions(args.out, predictions)
+    print(f"wrote {args.out}: {len(predictions)} utterances of {len(dialogues)} dialogues ({args.split})")
+    return 0
+
+
+def _class_names(predictions_file: Path, n_classes: int) -> list[str]:
+    """Label names from the vanilla config.json beside the file when there is one, else indices."""
+    config = predictions_file.parent / "config.json"
+    if config.is_file():
+        classes = json.loads(config.read_text(encoding="utf-8")).get("label_set", {}).get("classes", [])
+        if len(classes) == n_classes:
+            return list(classes)
+    return [str(i) for i in range(n_classes)]
+
+
+def _report_predictions(path: Path) -> dict:
+    from lantern.metrics import classification_report
+    from lantern.predictions import read_predictions
+
+    predictions = read_predictions(path)
+    labelled = [p for p in predictions if p.label is not None]
+    if not labelled:
+        raise ValueError(f"{path}: no prediction carries a gold label; nothing to evaluate")
+    n_classes = len(labelled[0].probs)
+    classes = _class_names(path, n_classes)
+    gold = [p.label for p in labelled]
+    pred = [max(range(n_classes), key=p.probs.__getitem__) for p in labelled]
+    report = classification_report(gold, pred, classes)
+    report["source"] = str(path)
+    report["unlabelled"] = len(predictions) - len(labelled)
+    return report
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    report = _report_predictions(args.predictions)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_report(report)
+    return 0
+
+
+def _print_report(report: dict) -> None:
+    classes = report["classes"]
+    width = max(8, *(len(c) + 2 for c in classes))
+    print(f"{report['source']}: {report['n']} labelled utterances")
+    print(f"  accuracy     {report['accuracy']:6.2f}")
+    print(f"  weighted F1  {report['weighted_f1']:6.2f}")
+    print("  per-class F1")
+    for c in classes:
+        print(f"    {c:<{width}}{report['per_class_f1'][c]:6.2f}")
+    print("  confusion (rows: gold, columns: predicted)")
+    print("    " + " " * width + "".join(f"{c:>{width}}" for c in classes))
+    for c, row in zip(classes, report["confusion"], strict=True):
+        print(f"    {c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
