@@ -77,6 +77,27 @@ def dialogue_tables(
     return tables
 
 
+HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+
+
+def emoeval_turn(uid: str, label: str, v: float, a: float, d: float) -> str:
+    return (
+        f"[6.2901 - 8.2357]\t{uid}\t{label}\t[{v:.4f}, {a:.4f}, {d:.4f}]\n"
+        "C-E2:\tNeutral;\t()\nC-E3:\tNeutral;\t()\nA-E3:\tval 3; act 2; dom  3;\t()\n\n"
+    )
+
+
+def write_emoeval(root, turns: dict[str, list[tuple]]):
+    for name, rows in turns.items():
+        folder = root / f"Session{name[4]}" / "dialog" / "EmoEvaluation"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.txt").write_text(HEADER + "".join(emoeval_turn(*row) for row in rows))
+        # The Categorical/Attribute sub-folders hold other formats that must be ignored.
+        (folder / "Attribute").mkdir(exist_ok=True)
+        (folder / "Attribute" / f"{name}_e2_atr.txt").write_text(f"{rows[0][0]} :act 2; val 3; dom  3;  ()\n")
+    return root
+
+
 COGMEN_ORDER = ("ids", "speakers", "labels", "text", "audio", "visual", "sentences", "train_ids", "test_ids")
 
 

@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle
+from corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle, write_emoeval
 
 from lantern.corpus.cogmen import read_cogmen
 from lantern.corpus.dialogue import CorpusError
 from lantern.corpus.emoeval import join_vad, read_emoeval
-
-HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
-
-
-def _turn(uid: str, label: str, v: float, a: float, d: float) -> str:
-    return (
-        f"[6.2901 - 8.2357]\t{uid}\t{label}\t[{v:.4f}, {a:.4f}, {d:.4f}]\n"
-        "C-E2:\tNeutral;\t()\nC-E3:\tNeutral;\t()\nA-E3:\tval 3; act 2; dom  3;\t()\n\n"
-    )
-
-
-def write_emoeval(root, turns: dict[str, list[tuple]]):
-    for name, rows in turns.items():
-        folder = root / f"Session{name[4]}" / "dialog" / "EmoEvaluation"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.txt").write_text(HEADER + "".join(_turn(*row) for row in rows))
-        # The Categorical/Attribute sub-folders hold other formats that must be ignored.
-        (folder / "Attribute").mkdir(exist_ok=True)
-        (folder / "Attribute" / f"{name}_e2_atr.txt").write_text(f"{rows[0][0]} :act 2; val 3; dom  3;  ()\n")
-    return root
 
 
 def test_read_emoeval_parses_headers_and_skips_evaluator_lines(tmp_path):

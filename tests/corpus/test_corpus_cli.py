@@ -1,0 +1,122 @@
+"""`lantern data convert / example / inspect` through the CLI shell and the installed console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpus_fixtures import cogmen_tuple, corect_dict, dialogue_tables, dump_pickle, write_emoeval
+
+from lantern.cli import main
+from lantern.corpus import load_corpus
+
+
+@pytest.fixture
+def cogmen_file(tmp_path):
+    tables = dialogue_tables(n_train=10, n_test=3, py2=True)
+    return dump_pickle(tmp_path / "IEMOCAP_features.pkl", cogmen_tuple(tables), py2=True), tables
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(map(str, argv)))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_convert_cogmen_then_inspect_json_counts(tmp_path, capsys, cogmen_file):
+    src, tables = cogmen_file
+    ids = [uid.decode() for d in tables["train_ids"] for uid in tables["ids"][d]]
+    ids += [uid.decode() for d in tables["test_ids"] for uid in tables["ids"][d]]
+    emoeval = write_emoeval(
+        tmp_path / "iemocap", {"Ses01F_impro01": [(uid, "neu", 2.5, 3.0, 3.5) for uid in ids[:-4]]}
+    )
+    out = tmp_path / "corpus"
+    code, stdout, _ = _run(
+        capsys, "data", "convert", src, "--format", "cogmen", "--emoeval", emoeval, "--out", out
+    )
+    assert code == 0
+    assert stdout.count("\n") == 1 and f"wrote {out}" in stdout
+    assert f"VAD {len(ids) - 4}/{len(ids)} utterances, 4 without VAD" in stdout
+
+    code, stdout, _ = _run(capsys, "data", "inspect", out, "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    labels = [x for d in tables["train_ids"] + tables["test_ids"] for x in tables["labels"][d]]
+    assert summary["dialogues"] == 13 and summary["utterances"] == len(ids) == len(labels)
+    assert summary["splits"] == {"train": 9, "dev": 1, "test": 3}
+    assert summary["labels"] == ["hap", "sad", "neu", "ang", "exc", "fru"]
+    assert summary["label_counts"] == {name: labels.count(i) for i, name in enumerate(summary["labels"])}
+    assert summary["speakers"] == 2
+    assert summary["modalities"] == {"t": 100, "a": 100, "v": 512}
+    assert summary["vad_coverage"] == pytest.approx((len(ids) - 4) / len(ids))
+
+    code, stdout, _ = _run(capsys, "data", "inspect", out)
+    assert code == 0 and "VAD coverage" in stdout and "fru" in stdout
+
+
+def test_console_script_inspect(tmp_path, capsys, cogmen_file):
+    src, _ = cogmen_file
+    out = tmp_path / "c"
+    assert (
+        _run(capsys, "data", "convert", src, "--format", "cogmen", "--dev-fraction", "0.2", "--out", out)[0]
+        == 0
+    )
+    script = shutil.which("lantern", path=str(Path(sys.executable).parent))
+    assert script is not None, "the lantern console script is not installed next to this Python"
+    done = subprocess.run(
+        [script, "data", "inspect", out, "--json"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["splits"] == {"train": 8, "dev": 2, "test": 3}
+
+
+def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
+    tables = dialogue_tables()
+    tables["labels"]["Ses01F_impro01"][1] = 9
+    src = dump_pickle(tmp_path / "bad.pkl", cogmen_tuple(tables))
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(capsys, "data", "convert", src, "--format", "cogmen", "--out", out)
+    assert code == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and "bad.pkl" in stderr and "utterance Ses01F_impro01_M001" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pkl"]
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
+    code, _, stderr = _run(capsys, "data", "convert", evil, "--format", "sdt", "--out", out)
+    assert code == 2 and "posix.system" in stderr and not out.exists()
+
+    good = dump_pickle(tmp_path / "corect.pkl", corect_dict(dialogue_tables()))
+    code, _, stderr = _run(
+        capsys, "data", "convert", good, "--format", "corect", "--dev-fraction", "0.2", "--out", out
+    )
+    assert code == 2 and "--dev-fraction does not apply" in stderr and not out.exists()
+
+
+def test_convert_corect_and_overwrite(tmp_path, capsys):
+    src = dump_pickle(tmp_path / "data_iemocap.pkl", corect_dict(dialogue_tables(widths=(768, 100, 512))))
+    out = tmp_path / "c"
+    assert _run(capsys, "data", "convert", src, "--format", "corect", "--out", out)[0] == 0
+    code, _, stderr = _run(capsys, "data", "convert", src, "--format", "corect", "--out", out)
+    assert code == 2 and "already exists" in stderr
+    assert _run(capsys, "data", "convert", src, "--format", "corect", "--out", out, "--overwrite")[0] == 0
+    assert load_corpus(out).modalities == {"t": 768, "a": 100, "v": 512}
+
+
+def test_example_command(tmp_path, capsys):
+    out = tmp_path / "ex"
+    code, stdout, _ = _run(capsys, "data", "example", "--out", out, "--dialogues", "6", "--seed", "2")
+    assert code == 0 and "synthetic" in stdout
+    corpus = load_corpus(out)
+    assert len(corpus) == 6 and corpus.feature_sources["a"] == "synthetic"
+    _, stdout, _ = _run(capsys, "data", "inspect", out, "--json")
+    assert json.loads(stdout)["vad_coverage"] == 1.0
+    again = tmp_path / "ex2"
+    _run(capsys, "data", "example", "--out", again, "--dialogues", "6", "--seed", "2")
+    np.testing.assert_array_equal(
+        np.load(out / "features" / "v.npy"), np.load(again / "features" / "v.npy")
+    )  # same seed, same corpus
