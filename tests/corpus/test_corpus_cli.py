@@ -120,3 +120,78 @@ def test_example_command(tmp_path, capsys):
     np.testing.assert_array_equal(
         np.load(out / "features" / "v.npy"), np.load(again / "features" / "v.npy")
     )  # same seed, same corpus
+
+
+def _fake_minilm(monkeypatch):
+    import lantern.corpus.text_features as text_features
+
+    def embed(texts, batch_size=64):
+        return np.stack([np.full(384, len(t) / 100, dtype=np.float32) for t in texts])
+
+    monkeypatch.setattr(text_features, "embed_texts", embed)
+
+
+def test_convert_jsonl_and_minilm_text_features(tmp_path, capsys, monkeypatch, cogmen_file):
+    _fake_minilm(monkeypatch)
+    src = tmp_path / "mine.jsonl"
+    src.write_text(
+        json.dumps(
+            {"id": "a", "split": "train", "utterances": [{"speaker": "x", "text": "hi", "label": "neu"}]}
+        )
+    )
+    out = tmp_path / "j"
+    assert (
+        _run(capsys, "data", "convert", src, "--format", "jsonl", "--labels", "iemocap6", "--out", out)[0]
+        == 0
+    )
+    corpus = load_corpus(out)
+    assert corpus.modalities == {"t": 384} and corpus.dialogues[0].labels == [2]
+    code, _, stderr = _run(
+        capsys,
+        "data",
+        "convert",
+        src,
+        "--format",
+        "jsonl",
+        "--text-features",
+        "file",
+        "--out",
+        tmp_path / "j2",
+    )
+    assert code == 2 and "carries no text feature vectors" in stderr
+
+    pickle_src, _ = cogmen_file
+    out = tmp_path / "m"
+    assert (
+        _run(
+            capsys,
+            "data",
+            "convert",
+            pickle_src,
+            "--format",
+            "cogmen",
+            "--text-features",
+            "minilm",
+            "--out",
+            out,
+        )[0]
+        == 0
+    )
+    corpus = load_corpus(out)
+    assert corpus.modalities == {"t": 384, "a": 100, "v": 512}
+    assert corpus.feature_sources["t"] == "sentence-transformers/all-MiniLM-L6-v2"
+    first = corpus.dialogues[0].utterances[0]
+    assert corpus.dialogues[0].features["t"][0, 0] == np.float32(len(first.text) / 100)
+
+
+def test_emoeval_that_matches_nothing_is_an_error(tmp_path, capsys):
+    src = dump_pickle(tmp_path / "data_iemocap.pkl", corect_dict(dialogue_tables()))
+    emoeval = write_emoeval(
+        tmp_path / "iemocap", {"Ses01F_impro01": [("Ses01F_impro01_F000", "neu", 2.5, 2.5, 2.5)]}
+    )
+    out = tmp_path / "c"
+    code, _, stderr = _run(
+        capsys, "data", "convert", src, "--format", "corect", "--emoeval", emoeval, "--out", out
+    )
+    assert code == 2 and "none of the corpus's" in stderr and "Ses01F_impro01_000" in stderr
+    assert not out.exists()
