@@ -159,6 +159,9 @@ def test_convert_jsonl_and_minilm_text_features(tmp_path, capsys, monkeypatch, c
         tmp_path / "j2",
     )
     assert code == 2 and "carries no text feature vectors" in stderr
+    src.write_text(json.dumps({"id": "a", "utterances": [{"speaker": "x", "text": "hi"}]}))
+    code, _, stderr = _run(capsys, "data", "convert", src, "--format", "jsonl", "--out", tmp_path / "j3")
+    assert code == 2 and "line 1: missing 'split'" in stderr  # a training corpus states its splits
 
     pickle_src, _ = cogmen_file
     out = tmp_path / "m"

@@ -1,7 +1,8 @@
 """One entry point from any supported input layout to a Corpus: what ``lantern data convert`` runs.
 
 Formats: ``cogmen`` (COGMEN/CORECT 9-tuple), ``corect`` (CORECT preprocessed dict), ``sdt`` (SDT
-IEMOCAP 12-tuple), ``meld`` (SDT MELD 13-tuple), ``jsonl`` (your own dialogues). Optionally joins
+IEMOCAP 12-tuple), ``meld`` (SDT MELD 13-tuple), ``jsonl`` (your own dialogues; here every dialogue
+must state its split, since the corpus is for training). Optionally joins
 IEMOCAP EmoEvaluation VAD and replaces the text features with MiniLM sentence embeddings.
 """
 
@@ -53,7 +54,8 @@ def read_layout(
         return read_sdt_iemocap(src, labels=labels, dev_fraction=fraction)
     if format == "meld":
         return read_sdt_meld(src, labels=labels, dev_fraction=fraction)
-    return read_jsonl(src, labels=labels, text_features=False)
+    # A corpus made for training must say which dialogues train and which test.
+    return read_jsonl(src, labels=labels, default_split=None, text_features=False)
 
 
 def convert_corpus(
