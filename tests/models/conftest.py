@@ -29,15 +29,17 @@ def make_corpus(
     noise: float = 1.2,
     with_vad: bool = True,
     widths: dict[str, int] | None = None,
+    lengths: tuple[int, int] = (4, 12),
 ) -> Corpus:
-    """(train, dev, test) dialogue counts; 4-12 utterances each; speakers A/B alternate."""
+    """(train, dev, test) dialogue counts; ``lengths``: utterances per dialogue (inclusive range);
+    speakers A/B alternate."""
     widths = dict(widths or WIDTHS)
     rng = np.random.default_rng(seed)
     prototypes = {m: rng.normal(0, 1, size=(len(PRIORS), w)).astype(np.float32) for m, w in widths.items()}
     dialogues = []
     for split, count in zip(("train", "dev", "test"), n_dialogues, strict=True):
         for k in range(count):
-            n = int(rng.integers(4, 13))
+            n = int(rng.integers(lengths[0], lengths[1] + 1))
             labels = rng.choice(len(PRIORS), size=n, p=PRIORS)
             did = f"{split}{k:03d}"
             utterances = []

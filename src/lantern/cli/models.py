@@ -50,9 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--crossfit",
         type=int,
+        nargs="?",
+        const=5,
         default=0,
         metavar="K",
-        help="also write K-fold cross-fitted train predictions",
+        help="also write K-fold cross-fitted train predictions (K = 5 when given alone)",
     )
     p.set_defaults(handler=_train)
 
