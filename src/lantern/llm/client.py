@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
+from openai.types.chat import ChatCompletion
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +280,12 @@ class LLMClient:
         self.stats.requests_sent += 1
         self.stats.per_replica[replica] += 1
         try:
-            response = await self._replicas[replica].chat.completions.create(
-                model=self.model, messages=messages, **params
+            # The SDK's documented custom-request call: the body goes out as built, skipping the
+            # per-request type transform of chat.completions.create (milliseconds of CPU each).
+            response = await self._replicas[replica].post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                body={"model": self.model, "messages": messages, **params},
             )
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             self.stats.errors[f"http_{exc.status_code}"] += 1

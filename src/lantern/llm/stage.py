@@ -131,12 +131,6 @@ class _Request:
     failed: bool = False
 
 
-@dataclass
-class _Tally:
-    cache_hits: int = 0
-    answer_retries: int = 0
-
-
 def max_answer_tokens(n_utterances: int, n_classes: int) -> int:
     """Room for the answer: ``"index": "digits",`` is about 6 + C tokens per utterance, plus slack."""
     return n_utterances * (6 + n_classes) + ANSWER_SLACK_TOKENS
@@ -208,21 +202,9 @@ async def _run(
     progress: bool,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    labels: LabelSet = corpus.labels
-    options = PromptOptions(
-        include_probs=config.include_probs, include_vad=config.include_vad, template=config.template
-    )
-    version = template_version(options)
     if config.response_format is None and server_kind not in DEFAULT_MODE:
         raise ValueError(f"unknown server kind {server_kind!r}; known: {', '.join(DEFAULT_MODE)}")
-    mode = config.response_format or DEFAULT_MODE[server_kind]
     api_key = resolve_api_key(config.api_key_env, base_urls)
-    texts = {u.id: u for d in corpus.dialogues for u in d.utterances}
-    tally = _Tally()
-    split_stats: dict[str, dict[str, Any]] = {}
-    fallbacks: Counter = Counter()
-    totals = Counter()
-    budget = Budget(config.max_cost)
     client = LLMClient(
         base_urls,
         model,
@@ -235,20 +217,27 @@ async def _run(
         backoff_base=config.backoff_base,
         backoff_max=config.backoff_max,
         price=price_for(model, config.prices),
-        budget=budget,
+        budget=Budget(config.max_cost),
         seed=config.seed,
     )
     cache = ResponseCache(run.llm / "cache.sqlite", refresh=config.refresh)
+    session = _Session(
+        config=config,
+        client=client,
+        cache=cache,
+        labels=corpus.labels,
+        texts={u.id: u for d in corpus.dialogues for u in d.utterances},
+        model=model,
+        mode=config.response_format or DEFAULT_MODE[server_kind],
+    )
+    split_stats: dict[str, dict[str, Any]] = {}
+    fallbacks: Counter = Counter()
+    totals: Counter = Counter()
     try:
         for split in splits:
             predictions = read_predictions(run.predictions(split))
-            dialogues = _group_by_dialogue(predictions, texts, run.predictions(split))
-            plan, requests = _plan(dialogues, texts, labels, options, config, model, mode, version)
-            bar = tqdm(total=len(requests), desc=f"llm {split}", unit="req", disable=not progress)
-            try:
-                await _ask_all(client, cache, requests, labels, config, model, version, tally, bar)
-            finally:
-                bar.close()
+            dialogues = _group_by_dialogue(predictions, session.texts, run.predictions(split))
+            plan, requests = await session.ask_split(split, dialogues, progress)
             windows, counts = _assemble(plan, requests, dialogues, config.stride)
             write_window_answers(run.answers(split), windows)
             fallbacks.update(counts)
@@ -277,8 +266,8 @@ async def _run(
         "model": model,
         "base_urls": client.base_urls,
         "server_kind": server_kind,
-        "response_format": mode,
-        "template_version": version,
+        "response_format": session.mode,
+        "template_version": session.version,
         "stride": config.stride,
         "t": config.t,
         "splits": split_stats,
@@ -287,9 +276,10 @@ async def _run(
         "utterance_answers": n_answers,
         "requests_sent": client.stats.requests_sent,
         "requests_per_replica": client.stats.per_replica,
-        "cache_hits": tally.cache_hits,
+        "max_in_flight": client.stats.max_in_flight,
+        "cache_hits": session.cache_hits,
         "retries": client.stats.retries,
-        "answer_retries": tally.answer_retries,
+        "answer_retries": session.answer_retries,
         "transport_errors": dict(sorted(client.stats.errors.items())),
         "fallbacks": dict(sorted(fallbacks.items())),
         "fallback_rate": sum(fallbacks.values()) / n_answers if n_answers else 0.0,
@@ -319,125 +309,139 @@ def _group_by_dialogue(
     return dialogues
 
 
-def _plan(
-    dialogues: dict[str, list[Prediction]],
-    texts: dict[str, Any],
-    labels: LabelSet,
-    options: PromptOptions,
-    config: LLMConfig,
-    model: str,
-    mode: str,
-    version: str,
-) -> tuple[list[tuple[str, int, int, int, str]], dict[str, _Request]]:
-    """Every window as (dialogue, k, start, stop, request key), and the distinct requests by key."""
-    plan: list[tuple[str, int, int, int, str]] = []
-    requests: dict[str, _Request] = {}
-    for dialogue_id, preds in dialogues.items():
+Window = tuple[str, int, int, int, str]  # (dialogue, k, start, stop, request key)
+
+
+@dataclass
+class _Session:
+    """What every request of one stage run shares: endpoint, cache, prompt settings, counters."""
+
+    config: LLMConfig
+    client: LLMClient
+    cache: ResponseCache
+    labels: LabelSet
+    texts: dict[str, Any]
+    model: str
+    mode: str
+    cache_hits: int = 0
+    answer_retries: int = 0
+
+    def __post_init__(self) -> None:
+        self.options = PromptOptions(
+            include_probs=self.config.include_probs,
+            include_vad=self.config.include_vad,
+            template=self.config.template,
+        )
+        self.version = template_version(self.options)
+        self.classes = list(self.labels.classes)
+
+    async def ask_split(
+        self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
+    ) -> tuple[list[Window], dict[str, _Request]]:
+        """Plan every window and answer every distinct request; sending starts while planning goes on.
+
+        The first fatal error (credentials) cancels the rest and is raised.
+        """
+        plan: list[Window] = []
+        requests: dict[str, _Request] = {}
+        bar = tqdm(desc=f"llm {split}", unit="req", disable=not progress)
+
+        async def answer(request: _Request) -> None:
+            await self.ask(request)
+            bar.update(1)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for dialogue_id, preds in dialogues.items():
+                    for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
+                        group.create_task(answer(request))
+                    bar.total = len(requests)
+                    await asyncio.sleep(0)  # let requests go out while the next dialogue is planned
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
+        finally:
+            bar.close()
+        return plan, requests
+
+    def plan_dialogue(
+        self, dialogue_id: str, preds: list[Prediction], plan: list[Window], requests: dict[str, _Request]
+    ) -> list[_Request]:
+        """Append the dialogue's windows to ``plan`` (in order of k); return its requests not seen before."""
+        config = self.config
+        fresh: list[_Request] = []
+        windows: list[Window] = []
         fields = receptive_fields(len(preds), config.stride, config.t)
         for (start, stop), group in unique_windows(fields).items():
             utterances = [
                 WindowUtterance(
                     index=i,
                     id=preds[i].id,
-                    speaker=texts[preds[i].id].speaker,
-                    text=texts[preds[i].id].text,
+                    speaker=self.texts[preds[i].id].speaker,
+                    text=self.texts[preds[i].id].text,
                     probs=preds[i].probs,
                     vad=preds[i].vad,
                 )
                 for i in range(start, stop)
             ]
             indices = list(range(start, stop))
-            messages = build_messages(dialogue_id, start, stop, utterances, labels, options)
+            messages = build_messages(dialogue_id, start, stop, utterances, self.labels, self.options)
             params: dict[str, Any] = {
                 "temperature": 0,
-                "max_tokens": max_answer_tokens(stop - start, len(labels)),
+                "max_tokens": max_answer_tokens(stop - start, len(self.classes)),
             }
-            fmt = response_format(mode, answer_schema(indices, list(labels.classes)))
+            fmt = response_format(self.mode, answer_schema(indices, self.classes))
             if fmt is not None:
                 params["response_format"] = fmt
-            key = cache_key(model, messages, params, version)
-            requests.setdefault(key, _Request(key=key, messages=messages, params=params, indices=indices))
-            plan.extend((dialogue_id, f.k, start, stop, key) for f in group)
-    order = {d: n for n, d in enumerate(dialogues)}
-    plan.sort(key=lambda w: (order[w[0]], w[1]))
-    return plan, requests
+            key = cache_key(self.model, messages, params, self.version)
+            if key not in requests:
+                requests[key] = _Request(key=key, messages=messages, params=params, indices=indices)
+                fresh.append(requests[key])
+            windows.extend((dialogue_id, f.k, start, stop, key) for f in group)
+        plan.extend(sorted(windows, key=lambda w: w[1]))
+        return fresh
 
-
-async def _ask_all(
-    client: LLMClient,
-    cache: ResponseCache,
-    requests: dict[str, _Request],
-    labels: LabelSet,
-    config: LLMConfig,
-    model: str,
-    version: str,
-    tally: _Tally,
-    bar: tqdm,
-) -> None:
-    """Answer every request concurrently (the client enforces the limits); the first fatal error stops all."""
-    classes = list(labels.classes)
-
-    async def one(request: _Request) -> None:
-        await _ask(client, cache, request, classes, config, model, version, tally)
-        bar.update(1)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for request in requests.values():
-                group.create_task(one(request))
-    except BaseExceptionGroup as eg:
-        raise eg.exceptions[0] from None
-
-
-async def _ask(
-    client: LLMClient,
-    cache: ResponseCache,
-    request: _Request,
-    classes: list[str],
-    config: LLMConfig,
-    model: str,
-    version: str,
-    tally: _Tally,
-) -> None:
-    """Fill ``request.result`` (valid utterances) and ``request.reasons`` (the rest): never raises for
-    a bad or missing answer, only for a fatal one (credentials)."""
-    cached = cache.get(request.key)
-    if cached is not None:
-        parsed = _parse(cached.text, request.indices, classes)
-        if not parsed.errors:
-            tally.cache_hits += 1
-            request.result = dict(parsed.probs)
-            return
-        log.warning("a cached answer no longer validates (%s); asking again", request.key[:12])
-        cache.delete(request.key)
-    best = None
-    for attempt in range(config.max_answer_retries + 1):
-        try:
-            completion = await client.complete(request.messages, request.params)
-        except BudgetExhausted:
-            _fail_all(request, "budget")
-            return
-        except RequestFailed as exc:
-            log.warning("request failed: %s", exc)
-            _fail_all(request, f"request:{exc.reason}")
-            return
-        parsed = _parse(completion.text, request.indices, classes)
-        if not parsed.errors:
-            cache.put(
-                request.key,
-                model,
-                version,
-                CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens),
-            )
-            request.result = dict(parsed.probs)
-            return
-        if best is None or len(parsed.errors) < len(best.errors):
-            best = parsed
-        if attempt < config.max_answer_retries:
-            tally.answer_retries += 1
-    assert best is not None
-    request.result = {i: p for i, p in best.probs.items() if i not in best.errors}
-    request.reasons = {i: best.errors.get(i, "missing") for i in request.indices if i not in request.result}
+    async def ask(self, request: _Request) -> None:
+        """Fill ``request.result`` (valid utterances) and ``request.reasons`` (the rest): never raises for
+        a bad or missing answer, only for a fatal one (credentials)."""
+        cached = self.cache.get(request.key)
+        if cached is not None:
+            parsed = _parse(cached.text, request.indices, self.classes)
+            if not parsed.errors:
+                self.cache_hits += 1
+                request.result = dict(parsed.probs)
+                return
+            log.warning("a cached answer no longer validates (%s); asking again", request.key[:12])
+            self.cache.delete(request.key)
+        best: ParsedAnswer | None = None
+        for attempt in range(self.config.max_answer_retries + 1):
+            try:
+                completion = await self.client.complete(request.messages, request.params)
+            except BudgetExhausted:
+                _fail_all(request, "budget")
+                return
+            except RequestFailed as exc:
+                log.warning("request failed: %s", exc)
+                _fail_all(request, f"request:{exc.reason}")
+                return
+            parsed = _parse(completion.text, request.indices, self.classes)
+            if not parsed.errors:
+                self.cache.put(
+                    request.key,
+                    self.model,
+                    self.version,
+                    CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens),
+                )
+                request.result = dict(parsed.probs)
+                return
+            if best is None or len(parsed.errors) < len(best.errors):
+                best = parsed
+            if attempt < self.config.max_answer_retries:
+                self.answer_retries += 1
+        assert best is not None
+        request.result = {i: p for i, p in best.probs.items() if i not in best.errors}
+        request.reasons = {
+            i: best.errors.get(i, "missing") for i in request.indices if i not in request.result
+        }
 
 
 def _fail_all(request: _Request, reason: str) -> None:
