@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy, weighted F1, per-class F1, confusion matrix")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--predictions", type=Path, metavar="FILE", help="a predictions JSONL file")
+    what.add_argument(
+        "--run", type=Path, metavar="RUN_DIR", help="a run: every fusion method × seed on test, vs vanilla"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(handler=_evaluate)
 
@@ -184,6 +187,12 @@ def _report_predictions(path: Path) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.run is not None:
+        from lantern.evaluation import evaluate_run, results_table
+
+        metrics = evaluate_run(args.run)
+        print(json.dumps(metrics, indent=2) if args.json else results_table(metrics))
+        return 0
     report = _report_predictions(args.predictions)
     if args.json:
         print(json.dumps(report, indent=2))
