@@ -21,6 +21,7 @@ from lantern.corpus.dialogue import Corpus, Dialogue, Utterance
 from lantern.corpus.native import corpus_fingerprint, save_corpus
 from lantern.labels import IEMOCAP6
 from lantern.llm.answers import read_window_answers
+from lantern.llm.client import LLMAuthError
 from lantern.llm.prompt import read_window
 from lantern.llm.stage import LLMConfig, max_answer_tokens, run_llm_stage
 from lantern.llm.testserver import (
@@ -368,3 +369,14 @@ def test_fallback_reasons_are_counted_across_splits(tmp_path, fresh):
         if u.status == "fallback"
     )
     assert dict(counted) == stats["fallbacks"] == {"missing": 3}
+
+
+def test_refused_credentials_stop_the_stage_without_writing_answers(tmp_path, monkeypatch):
+    run = make_run(tmp_path, [("test", 40)])  # 12 windows
+    monkeypatch.setenv("LANTERN_WRONG_KEY", "sk-wrong")
+    with running_test_server(api_key="sk-right") as url:
+        with pytest.raises(LLMAuthError, match="401"):
+            run_llm_stage(run, config(url, api_key_env="LANTERN_WRONG_KEY"), ["test"], progress=False)
+        # Those in flight (concurrency 4) and at most one that took a freed slot; none retried, no more sent.
+        assert chats(url) <= 5
+    assert not (run / "llm" / "answers-test.jsonl").exists()

