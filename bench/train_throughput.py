@@ -132,9 +132,9 @@ def measure(
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    epoch_seconds, padded, real = [], 0, 0
+    epoch_seconds, cpu_seconds, padded, real = [], [], 0, 0
     for _ in range(epochs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for idx in batches():
             batch = collate([dialogues[i] for i in idx], speakers, modalities).to(device)
             padded += batch.mask.numel()
@@ -142,6 +142,7 @@ def measure(
             step(batch)
         sync()
         epoch_seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
     utterances = sum(lengths)
     best = min(epoch_seconds)
     return {
@@ -153,6 +154,7 @@ def measure(
         "batching": batching,
         "padding_fraction": round(1 - real / padded, 4),
         "epoch_seconds": [round(s, 3) for s in epoch_seconds],
+        "epoch_cpu_seconds": [round(s, 3) for s in cpu_seconds],
         "utt_per_s_best": round(utterances / best, 1),
         "utt_per_s_mean": round(utterances * len(epoch_seconds) / sum(epoch_seconds), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
@@ -190,6 +192,8 @@ def run_child(args: argparse.Namespace, name: str) -> dict | None:
     ]
     if args.no_vad:
         command.append("--no-vad")
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
@@ -209,12 +213,15 @@ def main() -> int:
         "--no-vad", action="store_true", help="the published networks, without Lantern's VAD head"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--public-corect-utt-per-s", type=float, default=PUBLIC_CORECT_UTT_PER_S)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         if args.child == "sdt":
             try:
                 import lantern.models.sdt  # noqa: F401

@@ -20,6 +20,7 @@ from lantern.models.corect import (
     TextLayer,
     dialogue_graph,
     dropout,
+    key_bias,
     n_relations,
     text_heads,
 )
@@ -166,7 +167,7 @@ def test_text_layer_equals_standard_transformer_layer() -> None:
     mask[1, 4:] = False
     with torch.no_grad():
         torch.testing.assert_close(
-            ours(x, mask)[mask], reference(x, src_key_padding_mask=~mask)[mask], atol=1e-5, rtol=1e-5
+            ours(x, key_bias(mask, x.dtype))[mask], reference(x, src_key_padding_mask=~mask)[mask], atol=1e-5, rtol=1e-5
         )
 
 

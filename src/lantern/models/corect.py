@@ -57,7 +57,7 @@ class CORECTConfig:
     pcm_layers: int = 2
     pcm_self_layers: int = 3
     pcm_heads: int = 2
-    pcm_dropout: float = 0.1
+    pcm_dropout: float = 0.0
     vad_head: bool = True
     vad_hidden: int = 64
 
@@ -153,8 +153,15 @@ class Dropout(nn.Module):
         return dropout(x, self.p, self.training)
 
 
+def key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias that hides padded keys: mask ``(B, N)`` bool → ``(B, 1, 1, N)``,
+    built once per forward rather than converted from a boolean mask by every attention call."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))[:, None, None]
+
+
 class Attention(nn.Module):
-    """Multi-head attention, query from x, key/value from context: ``(B, N, width)`` → same."""
+    """Multi-head attention (the parameters and initialisation of ``nn.MultiheadAttention``), query
+    from x, key/value from context: ``(B, N, width)`` → same. bias: ``key_bias`` of the keys."""
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -162,24 +169,25 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.in_proj = nn.Linear(width, 3 * width)
         self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj.weight)
+        nn.init.zeros_(self.in_proj.bias)
+        nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, n, width = x.shape
-        w_q, w_kv = self.in_proj.weight.split([width, 2 * width])
-        b_q, b_kv = self.in_proj.bias.split([width, 2 * width])
-        q = F.linear(x, w_q, b_q)
-        k, v = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)
+        if context is x:
+            q, k, v = self.in_proj(x).chunk(3, dim=-1)
+        else:
+            w_q, w_kv = self.in_proj.weight.split([width, 2 * width])
+            b_q, b_kv = self.in_proj.bias.split([width, 2 * width])
+            q = F.linear(x, w_q, b_q)
+            k, v = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)
 
         def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, -1, self.heads, width // self.heads).transpose(1, 2)
+            return y.reshape(b, -1, self.heads, width // self.heads).transpose(1, 2)
 
-        y = F.scaled_dot_product_attention(
-            heads(q),
-            heads(k),
-            heads(v),
-            attn_mask=key_mask[:, None, None, :],
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias, dropout_p=p)
         return self.out_proj(y.transpose(1, 2).reshape(b, n, width))
 
 
@@ -206,8 +214,8 @@ class TextLayer(nn.Module):
         self.ff_norm = nn.LayerNorm(width)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, x, mask)))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = self.attn_norm(x + self.dropout(self.attn(x, x, bias)))
         return self.ff_norm(x + self.dropout(self.ff(x)))
 
 
@@ -221,8 +229,9 @@ class TransformerTextEncoder(nn.Module):
         self.proj = nn.Linear(width, hidden)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        bias = key_bias(mask, x.dtype)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, bias)
         return self.proj(x)
 
 
@@ -403,11 +412,14 @@ class CrossModalLayer(nn.Module):
             nn.Linear(width, 4 * width), nn.ReLU(), Dropout(dropout), nn.Linear(4 * width, width)
         )
         self.dropout = Dropout(dropout)
+        for linear in (self.ff[0], self.ff[3]):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
         q = self.attn_norm(x)
         kv = q if context is None else self.attn_norm(context)
-        x = x + self.dropout(self.attn(q, kv, key_mask))
+        x = x + self.dropout(self.attn(q, kv, bias))
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
 
@@ -422,12 +434,12 @@ class CrossModalTransformer(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
+        self, x: torch.Tensor, bias: torch.Tensor, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         x = x * self.scale
         context = None if context is None else context * self.scale
         for layer in self.layers:
-            x = layer(x, context, mask)
+            x = layer(x, context, bias)
         return self.norm(x)
 
 
@@ -461,10 +473,11 @@ class PairwiseCrossModal(nn.Module):
         )
 
     def forward(self, x: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        bias = key_bias(mask, next(iter(x.values())).dtype)
         out = []
         for j in self.modalities:
-            crossed = [self.cross[f"{j}{k}"](x[j], mask, context=x[k]) for k in self.modalities if k != j]
-            out.append(self.refine[j](torch.cat(crossed, dim=-1), mask))
+            crossed = [self.cross[f"{j}{k}"](x[j], bias, context=x[k]) for k in self.modalities if k != j]
+            out.append(self.refine[j](torch.cat(crossed, dim=-1), bias))
         return torch.cat(out, dim=-1)
 
 
