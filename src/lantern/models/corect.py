@@ -156,7 +156,8 @@ class Dropout(nn.Module):
 def key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention bias that hides padded keys: mask ``(B, N)`` bool → ``(B, 1, 1, N)``,
     built once per forward rather than converted from a boolean mask by every attention call."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))[:, None, None]
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    return bias[:, None, None]
 
 
 class Attention(nn.Module):
