@@ -14,7 +14,11 @@ run before sending it, ``request:<why>`` when the request failed after its retri
 parser's reason when the answer for that utterance stayed invalid after ``max_answer_retries``.
 Fallbacks are counted by reason in the stats, and ``complete`` is false when any window was left
 unasked or failed in transport; because only valid answers are cached, running the same command
-again (with a larger budget) asks exactly those windows and nothing else.
+again (with a larger budget) asks exactly those windows and nothing else. ``fallback_rate`` is the
+share of utterance answers (one per utterance per window) that fell back.
+
+The cache stores an answer only once every utterance of it parsed (a retried bad answer is never
+stored) and re-validates stored text when it reads it; see :mod:`lantern.llm.cache`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from lantern.corpus.dialogue import Corpus, Utterance
 from lantern.fields import receptive_fields, unique_windows
 from lantern.labels import LabelSet
 from lantern.llm.answers import (
@@ -120,7 +125,8 @@ class LLMConfig:
 
 @dataclass
 class _Request:
-    """One distinct prompt: the windows that share it and what is needed to parse its answer."""
+    """One distinct prompt (windows with identical prompts share it), and what its answer gave:
+    ``result`` per valid utterance index, ``reasons`` per fallen-back index."""
 
     key: str
     messages: list[dict]
@@ -148,7 +154,7 @@ def resolve_api_key(env_name: str, base_urls: list[str]) -> str:
     )
 
 
-def load_run_corpus(run: RunDir):
+def load_run_corpus(run: RunDir) -> Corpus:
     """The corpus recorded in run.json, loaded with the native reader; errors say which and why."""
     path = run.corpus_path()
     if not path.exists():
@@ -172,9 +178,9 @@ def run_llm_stage(
             raise FileNotFoundError(
                 f"{run.predictions(split)}: no vanilla predictions (run `lantern train` first)"
             )
-    corpus = load_run_corpus(run)
     if config.base_urls and not config.model:
         raise ValueError("--model is required with --base-url")
+    corpus = load_run_corpus(run)
     with _endpoint(config) as (base_urls, model, server_kind):
         return asyncio.run(_run(run, corpus, config, list(splits), base_urls, model, server_kind, progress))
 
@@ -193,7 +199,7 @@ def _endpoint(config: LLMConfig) -> Iterator[tuple[list[str], str, str]]:
 
 async def _run(
     run: RunDir,
-    corpus: Any,
+    corpus: Corpus,
     config: LLMConfig,
     splits: list[str],
     base_urls: list[str],
@@ -298,7 +304,7 @@ async def _run(
 
 
 def _group_by_dialogue(
-    predictions: list[Prediction], texts: dict[str, Any], path: Path
+    predictions: list[Prediction], texts: dict[str, Utterance], path: Path
 ) -> dict[str, list[Prediction]]:
     """Predictions by dialogue, in file order; every utterance must have a transcript in the corpus."""
     dialogues: dict[str, list[Prediction]] = {}
@@ -320,7 +326,7 @@ class _Session:
     client: LLMClient
     cache: ResponseCache
     labels: LabelSet
-    texts: dict[str, Any]
+    texts: dict[str, Utterance]
     model: str
     mode: str
     cache_hits: int = 0
