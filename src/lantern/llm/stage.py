@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +71,7 @@ DUMMY_KEY = "sk-local-no-key"
 REMOTE_SERVER_KIND = "openai"
 LOCAL_SERVER_KIND = "llamacpp"
 ANSWER_SLACK_TOKENS = 32
+LOCAL_TIMEOUT = 900.0
 _PARTICULARS = re.compile(r"[:(\"'0-9]")
 
 
@@ -81,7 +82,8 @@ class LLMConfig:
     ``prices`` maps a model name to ``[USD per 1M prompt tokens, USD per 1M completion tokens]``.
     ``server_kind`` picks the structured-output mode (``answers.DEFAULT_MODE``) unless
     ``response_format`` names one. ``api_key_env`` names the environment variable holding the key;
-    a loopback endpoint without one gets a dummy key.
+    a loopback endpoint without one gets a dummy key. With the embedded model (``local_model`` or
+    the packaged SmolLM2) requests go one at a time with a timeout of at least ``LOCAL_TIMEOUT``.
     """
 
     base_urls: list[str] = field(default_factory=list)
@@ -181,6 +183,10 @@ def run_llm_stage(
     if config.base_urls and not config.model:
         raise ValueError("--model is required with --base-url")
     corpus = load_run_corpus(run)
+    if not config.base_urls:
+        # llama-cpp-python's server decodes one request at a time: queueing more there only makes
+        # them time out while they wait, and a small CPU model needs minutes for a long window.
+        config = replace(config, concurrency=1, timeout=max(config.timeout, LOCAL_TIMEOUT))
     with _endpoint(config) as (base_urls, model, server_kind):
         return asyncio.run(_run(run, corpus, config, list(splits), base_urls, model, server_kind, progress))
 
