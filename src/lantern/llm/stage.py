@@ -79,6 +79,8 @@ _PARTICULARS = re.compile(r"[:(\"'0-9]")
 class LLMConfig:
     """Everything the stage needs to know; ``base_urls`` empty means the embedded local model.
 
+    ``cache_path`` shares one response cache between run directories (the ablation variants
+    reuse the run's answers); by default each run has ``RUN_DIR/llm/cache.sqlite``.
     ``prices`` maps a model name to ``[USD per 1M prompt tokens, USD per 1M completion tokens]``.
     ``server_kind`` picks the structured-output mode (``answers.DEFAULT_MODE``) unless
     ``response_format`` names one. ``api_key_env`` names the environment variable holding the key;
@@ -108,6 +110,7 @@ class LLMConfig:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     local_model: str | None = None
+    cache_path: str | None = None
     seed: int = 0
 
     def outputs_config(self) -> dict[str, Any]:
@@ -232,7 +235,7 @@ async def _run(
         budget=Budget(config.max_cost),
         seed=config.seed,
     )
-    cache = ResponseCache(run.llm / "cache.sqlite", refresh=config.refresh)
+    cache = ResponseCache(Path(config.cache_path or run.llm / "cache.sqlite"), refresh=config.refresh)
     session = _Session(
         config=config,
         client=client,
@@ -282,6 +285,7 @@ async def _run(
         "template_version": session.version,
         "stride": config.stride,
         "t": config.t,
+        "config": config.outputs_config(),
         "splits": split_stats,
         "windows": totals["windows"],
         "unique_requests": totals["unique_requests"],
