@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lantern.annotate import resolve_seed_run, run_llm_config
-from lantern.llm.stage import LLMConfig
+from lantern.llm.config import LLMConfig
 from lantern.metrics import classification_report
 from lantern.predictions import read_predictions
 from lantern.rundir import RunDir, atomic_write_text, read_json

@@ -20,7 +20,7 @@ from typing import Any
 from lantern.corpus.dialogue import Corpus
 from lantern.fields import memberships
 from lantern.llm.answers import WindowAnswer, read_window_answers
-from lantern.llm.stage import LLMConfig
+from lantern.llm.config import LLMConfig
 from lantern.predictions import Prediction, write_predictions
 from lantern.rundir import RunDir, atomic_write_text, read_json
 

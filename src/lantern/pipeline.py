@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lantern import __version__
-from lantern.llm.stage import LLMConfig
+from lantern.llm.config import LLMConfig
 from lantern.rundir import RunDir, config_hash
 
 log = logging.getLogger(__name__)

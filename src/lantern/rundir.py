@@ -116,13 +116,19 @@ class RunDir:
     def corpus_path(self) -> Path:
         record = self.load()
         if "corpus" not in record:
-            raise FileNotFoundError(f"{self.root / RUN_JSON}: the run records no corpus (run `lantern train` first)")
+            raise FileNotFoundError(
+                f"{self.root / RUN_JSON}: the run records no corpus (run `lantern train` first)"
+            )
         return Path(record["corpus"]["path"])
 
     def stage_done(self, stage: str, config: Any, outputs: list[Path]) -> bool:
         """True when ``stage`` last finished with this exact config and all its outputs exist."""
         entry = self.load().get("stages", {}).get(stage)
-        return bool(entry) and entry.get("config_hash") == config_hash(config) and all(p.exists() for p in outputs)
+        return (
+            bool(entry)
+            and entry.get("config_hash") == config_hash(config)
+            and all(p.exists() for p in outputs)
+        )
 
     def mark_done(self, stage: str, config: Any) -> None:
         record = self.load()

@@ -1,4 +1,4 @@
-"""The ``lantern`` command: a thin argparse shell over the Python API.
+"""Lantern: emotions in conversation from a multimodal model, an LLM over receptive fields, and fusion.
 
 Each command group lives in its own module with a ``register(subparsers)`` function; handlers parse
 nothing themselves, call the API, print, and return an exit code. Expected failures (bad input,

@@ -69,7 +69,7 @@ def _llm_override(args: argparse.Namespace):
     """An LLMConfig for an endpoint named on the command line, or None (keep the run's / the local one)."""
     if not args.base_url:
         return None
-    from lantern.llm.stage import LLMConfig
+    from lantern.llm.config import LLMConfig
 
     config = LLMConfig(
         base_urls=list(args.base_url),

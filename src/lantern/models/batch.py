@@ -70,9 +70,7 @@ def vad_from_unit(vad: np.ndarray) -> np.ndarray:
     return 1.0 + 4.0 * np.asarray(vad)
 
 
-def collate(
-    dialogues: Sequence[Dialogue], speaker_vocab: dict[str, int], modalities: Sequence[str]
-) -> Batch:
+def collate(dialogues: Sequence[Dialogue], speaker_vocab: dict[str, int], modalities: Sequence[str]) -> Batch:
     """Pad dialogues into one Batch.
 
     ``speaker_vocab`` comes from the training corpus. A speaker it lacks (the practitioner's own

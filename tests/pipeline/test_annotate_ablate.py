@@ -1,0 +1,156 @@
+"""The practitioner's path (`lantern annotate`) and the ablation sweep (`lantern ablate`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from conftest import gold_file, tiny_config
+
+from lantern.cli import main
+from lantern.llm.testserver import running_test_server, server_stats
+from lantern.pipeline import CorpusSpec, VanillaSpec, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A trained text-only run (MiniLM features of the transcripts) with its simulation gold file."""
+    from lantern.corpus.example import generate_example
+    from lantern.corpus.native import save_corpus
+
+    root = tmp_path_factory.mktemp("textrun")
+    corpus = generate_example(
+        12, seed=5, text_features="minilm", widths={"t": 16, "a": 8, "v": 8}, min_len=6, max_len=9
+    )
+    corpus_dir = save_corpus(corpus, root / "corpus")
+    gold = gold_file(corpus, root / "gold.jsonl")
+    with running_test_server(simulate=[gold], accuracy=0.9) as url:
+        config = tiny_config(corpus_dir, url)
+        config.vanilla = VanillaSpec(model="corect", preset="quick", epochs=2, modalities=["t"])
+        run_pipeline(config, root / "run", progress=False)
+    return root / "run", gold
+
+
+def test_annotate_gives_every_utterance_an_emotion_with_its_windows(text_run, tmp_path):
+    run_dir, _gold = text_run
+    dialogues = tmp_path / "mine.jsonl"
+    dialogues.write_text(
+        json.dumps(
+            {
+                "id": "call-1",
+                "utterances": [
+                    {"speaker": "Ana", "text": "I can't believe you did this, I'm furious!"},
+                    {"speaker": "Ben", "text": "Calm down, it was an accident."},
+                    {"speaker": "Ana", "text": "An accident? This is the third time."},
+                    {"speaker": "Cleo", "text": "Let's all sit down and talk."},
+                ],
+            }
+        )
+        + "\n"
+        + json.dumps({"id": "call-2", "utterances": [{"speaker": "Dee", "text": "What a lovely surprise!"}]})
+        + "\n"
+    )
+    out = tmp_path / "emotions.jsonl"
+    with running_test_server() as url:
+        code = main(
+            [
+                "annotate",
+                "--run",
+                str(run_dir),
+                "--input",
+                str(dialogues),
+                "--out",
+                str(out),
+                "--base-url",
+                url,
+                "--model",
+                "echo",
+                "--quiet",
+            ]
+        )
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["call-1_000", "call-1_001", "call-1_002", "call-1_003", "call-2_000"]
+    classes = {"hap", "sad", "neu", "ang", "exc", "fru"}
+    for r in rows:
+        assert r["emotion"] in classes
+        assert abs(sum(r["probs"].values()) - 1) < 1e-3
+        assert len(r["windows"]) == 2
+        assert {w["b"] for w in r["windows"]} == {0, 1}
+        total = sum(w["weight"] for w in r["windows"]) + r["vanilla"]["weight"]
+        assert total == pytest.approx(1, abs=2e-3)
+    assert rows[3]["speaker"] == "Cleo" and rows[0]["text"].startswith("I can't believe")
+
+
+def test_annotate_refuses_a_model_that_needs_audio_and_video(tiny_corpus, tmp_path):
+    corpus_dir, gold = tiny_corpus
+    with running_test_server(simulate=[gold]) as url:
+        run_pipeline(tiny_config(corpus_dir, url, methods=("attention",)), tmp_path / "run", progress=False)
+        dialogues = tmp_path / "mine.jsonl"
+        dialogues.write_text(
+            json.dumps({"id": "x", "utterances": [{"speaker": "A", "text": "hello"}]}) + "\n"
+        )
+        code = main(
+            [
+                "annotate",
+                "--run",
+                str(tmp_path / "run"),
+                "--input",
+                str(dialogues),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--base-url",
+                url,
+                "--model",
+                "m",
+                "--quiet",
+            ]
+        )
+    assert code == 2
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tmp_path, capsys):
+    corpus_dir, gold = tiny_corpus
+    with running_test_server(simulate=[gold], accuracy=0.8) as url:
+        run_pipeline(tiny_config(corpus_dir, url), tmp_path / "run", progress=False)
+        before = server_stats(url)["chat_completions"]
+        code = main(
+            [
+                "ablate",
+                "--run",
+                str(tmp_path / "run"),
+                "--t",
+                "1,2",
+                "--strides",
+                "2,3",
+                "--base-url",
+                url,
+                "--model",
+                "sim",
+                "--quiet",
+            ]
+        )
+    assert code == 0
+    seed_run = tmp_path / "run" / "seed-0"
+    table = (seed_run / "ablations" / "ablation.md").read_text()
+    assert "simulated LLM" in table
+    csv_rows = (seed_run / "ablations" / "ablation.csv").read_text().splitlines()
+    variants = {row.split(",")[0] for row in csv_rows[1:]}
+    assert variants == {"run", "t=1", "stride=3", "no-vad", "no-probs"}
+    methods = {row.split(",")[5] for row in csv_rows[1:]}
+    assert {"vanilla", "uniform", "single", "position", "gated", "attention", "attention-llm"} <= methods
+    run_stats = json.loads((seed_run / "ablations" / "run" / "llm" / "stats.json").read_text())
+    assert run_stats["requests_sent"] == 0 and run_stats["cache_hits"] == run_stats["unique_requests"]
+    assert before > 0
+    assert "| variant |" in capsys.readouterr().out
+
+
+def test_corpus_example_spec_builds_in_the_run_directory(tmp_path):
+    from lantern.pipeline import build_corpus
+
+    corpus = build_corpus(CorpusSpec(kind="example", dialogues=5, widths={"t": 8, "a": 8, "v": 8}))
+    assert len(corpus) == 5
+    with pytest.raises(ValueError, match="kind"):
+        build_corpus(replace(CorpusSpec(), kind="nope"))
