@@ -1,7 +1,7 @@
 """Training throughput of the vanilla models on an IEMOCAP-sized corpus.
 
 Measures what one training epoch costs (collate + forward + classification and VAD loss +
-backward + Adam step, the batches built by length as a trainer should) in utterances per second
+backward + fused Adam step, batches from the trainer's ``length_batches``) in utterances per second
 and peak memory, for CORECT (batch 10 dialogues, widths t=768, a=100, v=512) and SDT (batch 16,
 t=1024, a=1582, v=342), each model in its own subprocess so that peak memory is its own. The
 corpus is random features of the right shapes: 120 training dialogues, lengths 8-90 (mean ~50).
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import resource
 import subprocess
@@ -61,18 +62,21 @@ def random_dialogues(n: int, widths: dict[str, int], n_classes: int, seed: int) 
     return dialogues
 
 
-def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Indices grouped into batches of similar length (little padding), batches in random order.
-
-    Dialogues are shuffled first so equal lengths mix across epochs, then sorted by length and
-    cut into consecutive batches.
-    """
-    order = list(range(len(lengths)))
+def sorted_batches(dialogues: list[Dialogue], batch_size: int, rng: random.Random) -> list[list[Dialogue]]:
+    """Batches of the whole corpus sorted by length (least padding), in random order."""
+    order = list(range(len(dialogues)))
     rng.shuffle(order)
-    order.sort(key=lambda i: lengths[i])
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    order.sort(key=lambda i: len(dialogues[i]))
+    batches = [[dialogues[i] for i in order[j : j + batch_size]] for j in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def random_batches(dialogues: list[Dialogue], batch_size: int, rng: random.Random) -> list[list[Dialogue]]:
+    """Batches in shuffled order, ignoring length (what the public code does)."""
+    order = list(range(len(dialogues)))
+    rng.shuffle(order)
+    return [[dialogues[i] for i in order[j : j + batch_size]] for j in range(0, len(order), batch_size)]
 
 
 def build(name: str, widths: dict[str, int], vad_head: bool) -> torch.nn.Module:
@@ -91,21 +95,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
-def measure(
-    name: str, device: torch.device, epochs: int, n_dialogues: int, batching: str, vad_head: bool, seed: int
-) -> dict:
-    """Train ``name`` for ``epochs`` epochs after one warm-up step; return its figures."""
+def measure(name: str, args: argparse.Namespace) -> dict:
+    """Train ``name`` for ``args.epochs`` epochs after one warm-up step; return its figures."""
     setup = SETUPS[name]
-    torch.manual_seed(seed)
-    dialogues = random_dialogues(n_dialogues, setup["widths"], 6, seed)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dialogues = random_dialogues(args.dialogues, setup["widths"], 6, args.seed)
     speakers = {"F": 0, "M": 1}
     modalities = list(setup["widths"])
-    model = build(name, setup["widths"], vad_head).to(device)
+    model = build(name, setup["widths"], not args.no_vad).to(device)
+    options = {"fused": True} if args.adam == "fused" else {}
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=setup["lr"], weight_decay=setup["weight_decay"], fused=True
+        model.parameters(), lr=setup["lr"], weight_decay=setup["weight_decay"], **options
     )
-    rng = random.Random(seed)
-    lengths = [len(d) for d in dialogues]
+    rng = random.Random(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
 
     def step(batch: Batch) -> None:
         output = model(batch)
@@ -116,52 +122,73 @@ def measure(
         loss.backward()
         optimizer.step()
 
-    def batches() -> list[list[int]]:
-        if batching == "length":
-            return length_batches(lengths, setup["batch"], rng)
-        order = list(range(len(dialogues)))
-        rng.shuffle(order)
-        return [order[i : i + setup["batch"]] for i in range(0, len(order), setup["batch"])]
+    def batches() -> list[list[Dialogue]]:
+        if args.batching == "trainer":
+            from lantern.training import length_batches
+
+            return length_batches(dialogues, setup["batch"], generator)
+        if args.batching == "sorted":
+            return sorted_batches(dialogues, setup["batch"], rng)
+        return random_batches(dialogues, setup["batch"], rng)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     model.train()
-    step(collate([dialogues[i] for i in batches()[0]], speakers, modalities).to(device))
+    step(collate(batches()[0], speakers, modalities).to(device))
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     epoch_seconds, cpu_seconds, padded, real = [], [], 0, 0
-    for _ in range(epochs):
+    for _ in range(args.epochs):
         start, cpu_start = time.perf_counter(), time.process_time()
-        for idx in batches():
-            batch = collate([dialogues[i] for i in idx], speakers, modalities).to(device)
+        for chunk in batches():
+            batch = collate(chunk, speakers, modalities).to(device)
             padded += batch.mask.numel()
             real += int(batch.lengths.sum())
             step(batch)
         sync()
         epoch_seconds.append(time.perf_counter() - start)
         cpu_seconds.append(time.process_time() - cpu_start)
-    utterances = sum(lengths)
-    best = min(epoch_seconds)
+    utterances = sum(len(d) for d in dialogues)
     return {
         "model": name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "dialogues": n_dialogues,
+        "vad_head": not args.no_vad,
+        "dialogues": args.dialogues,
         "utterances_per_epoch": utterances,
         "batch_dialogues": setup["batch"],
-        "batching": batching,
+        "batching": args.batching,
+        "adam": args.adam,
         "padding_fraction": round(1 - real / padded, 4),
         "epoch_seconds": [round(s, 3) for s in epoch_seconds],
         "epoch_cpu_seconds": [round(s, 3) for s in cpu_seconds],
-        "utt_per_s_best": round(utterances / best, 1),
+        "utt_per_s_best": round(utterances / min(epoch_seconds), 1),
         "utt_per_s_mean": round(utterances * len(epoch_seconds) / sum(epoch_seconds), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "vad_head": vad_head,
     }
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    info = {
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,29 +199,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_child(args: argparse.Namespace, name: str) -> dict | None:
-    """Measure one model in a fresh interpreter; None (with a message) if it cannot be built."""
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        name,
-        "--device",
-        args.device,
-        "--epochs",
-        str(args.epochs),
-        "--dialogues",
-        str(args.dialogues),
-        "--batching",
-        args.batching,
-        "--seed",
-        str(args.seed),
-    ]
-    if args.no_vad:
-        command.append("--no-vad")
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
+def run_child(name: str) -> dict | None:
+    """Measure one model in a fresh interpreter (its own peak memory); None if it cannot run."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--child", name]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
         print(f"{name}: skipped ({reason})")
@@ -208,7 +216,18 @@ def main() -> int:
     parser.add_argument("--models", default="corect,sdt")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--dialogues", type=int, default=120)
-    parser.add_argument("--batching", default="length", choices=["length", "random"])
+    parser.add_argument(
+        "--batching",
+        default="trainer",
+        choices=["trainer", "sorted", "random"],
+        help="lantern.training.length_batches (default), the whole corpus sorted by length, or unsorted",
+    )
+    parser.add_argument(
+        "--adam",
+        default="fused",
+        choices=["fused", "default"],
+        help="fused Adam, or torch's default (for-loop on CPU)",
+    )
     parser.add_argument(
         "--no-vad", action="store_true", help="the published networks, without Lantern's VAD head"
     )
@@ -220,23 +239,12 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.child:
-        if args.threads:
-            torch.set_num_threads(args.threads)
         if args.child == "sdt":
             try:
                 import lantern.models.sdt  # noqa: F401
             except ImportError as error:
                 raise SystemExit(f"lantern.models.sdt does not import: {error}") from error
-        figures = measure(
-            args.child,
-            resolve_device(args.device),
-            args.epochs,
-            args.dialogues,
-            args.batching,
-            not args.no_vad,
-            args.seed,
-        )
-        print(json.dumps(figures))
+        print(json.dumps(measure(args.child, args)))
         return 0
 
     resolve_device(args.device)
@@ -244,7 +252,7 @@ def main() -> int:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         if name not in SETUPS:
             raise SystemExit(f"unknown model {name!r}; known: {', '.join(SETUPS)}")
-        figures = run_child(args, name)
+        figures = run_child(name)
         if figures is not None:
             results[name] = figures
     if "corect" in results:
@@ -265,7 +273,7 @@ def main() -> int:
         print(f"CORECT / SDT utterances per second: {ratio:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"device": args.device, "epochs": args.epochs, "results": results}, indent=2) + "\n"
+        json.dumps({"machine": machine(), "epochs": args.epochs, "results": results}, indent=2) + "\n"
     )
     print(f"wrote {args.out}")
     return 0

@@ -175,7 +175,7 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, n, width = x.shape
+        width = x.shape[-1]
         if context is x:
             q, k, v = self.in_proj(x).chunk(3, dim=-1)
         else:
@@ -183,13 +183,18 @@ class Attention(nn.Module):
             b_q, b_kv = self.in_proj.bias.split([width, 2 * width])
             q = F.linear(x, w_q, b_q)
             k, v = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)
+        return self.out_proj(self.attend(q, k, v, bias))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Projected ``(B, N, width)`` queries, keys, values → attended values, before out_proj."""
+        b, n, width = q.shape
 
         def heads(y: torch.Tensor) -> torch.Tensor:
             return y.reshape(b, -1, self.heads, width // self.heads).transpose(1, 2)
 
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias, dropout_p=p)
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, width))
+        return y.transpose(1, 2).reshape(b, n, width)
 
 
 class FeedForwardEncoder(nn.Module):
@@ -205,7 +210,12 @@ class FeedForwardEncoder(nn.Module):
 
 class TextLayer(nn.Module):
     """One layer of the standard post-LayerNorm transformer encoder (the function and parameters of
-    ``nn.TransformerEncoderLayer`` with ReLU): ``(B, N, width)`` → same."""
+    ``nn.TransformerEncoderLayer`` with ReLU) over packed tokens: only the attention sees the padded
+    layout, so every position-wise product skips the padding.
+
+    tokens: ``(T, width)`` the real utterances; index: ``(T,)`` their positions in the flattened
+    ``(B*N)`` layout; bias: ``key_bias`` ``(B, 1, 1, N)`` → ``(T, width)``.
+    """
 
     def __init__(self, width: int, heads: int, ff: int, dropout: float) -> None:
         super().__init__()
@@ -215,14 +225,19 @@ class TextLayer(nn.Module):
         self.ff_norm = nn.LayerNorm(width)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, x, bias)))
+    def forward(self, tokens: torch.Tensor, index: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n = bias.shape[0], bias.shape[-1]
+        qkv = self.attn.in_proj(tokens)
+        padded = qkv.new_zeros(b * n, qkv.shape[1]).index_copy(0, index, qkv).view(b, n, -1)
+        attended = self.attn.attend(*padded.chunk(3, dim=-1), bias).reshape(b * n, -1)[index]
+        x = self.attn_norm(tokens + self.dropout(self.attn.out_proj(attended)))
         return self.ff_norm(x + self.dropout(self.ff(x)))
 
 
 class TransformerTextEncoder(nn.Module):
     """Standard transformer over a dialogue's sentence embeddings at their own width (heads from
-    ``text_heads``), then a projection to the hidden size: ``(B, N, width)`` → ``(B, N, hidden)``."""
+    ``text_heads``), then a projection to the hidden size: ``(B, N, width)`` → ``(B, N, hidden)``
+    (zero at padding)."""
 
     def __init__(self, width: int, hidden: int, layers: int, ff: int, dropout: float) -> None:
         super().__init__()
@@ -230,10 +245,14 @@ class TransformerTextEncoder(nn.Module):
         self.proj = nn.Linear(width, hidden)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, width = x.shape
+        index = mask.reshape(-1).nonzero().squeeze(1)
+        tokens = x.reshape(b * n, width)[index]
         bias = key_bias(mask, x.dtype)
         for layer in self.layers:
-            x = layer(x, bias)
-        return self.proj(x)
+            tokens = layer(tokens, index, bias)
+        out = self.proj(tokens)
+        return out.new_zeros(b * n, out.shape[1]).index_copy(0, index, out).view(b, n, -1)
 
 
 class LSTMTextEncoder(nn.Module):
