@@ -8,7 +8,10 @@ corpus is random features of the right shapes: 120 training dialogues, lengths 8
 
 The reference figure for the public CORECT code is its measured epoch on this kind of corpus
 (121 dialogues, 6,276 utterances in 22-26 s on an idle 2-core machine: ~261 utt/s); pass
-``--public-corect-utt-per-s`` to compare against a figure measured elsewhere.
+``--public-corect-utt-per-s`` to compare against a figure measured elsewhere (the printed ratio
+means something only on the machine the reference was measured on). On a loaded machine use
+``--threads 1``: OpenMP threads that wait on each other for many small operations slow down badly
+when other processes hold the cores.
 
     python bench/train_throughput.py --device auto --models corect,sdt --epochs 2
 """

@@ -292,3 +292,24 @@ def test_learns_a_synthetic_task() -> None:
         predicted = model(test).log_probs.argmax(-1)
     accuracy = float((predicted == test.labels)[test.mask].float().mean())
     assert accuracy > 0.7  # chance is 0.25
+
+
+@pytest.mark.gpu
+def test_batch_equals_dialogues_one_by_one_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    model = CORECT(small_config()).cuda().eval()
+    dialogues = make_dialogues([9, 2, 17, 1, 5], SMALL, seed=1)
+    with torch.no_grad():
+        together = model(collate(dialogues, speakers(2), list(SMALL)).to("cuda"))
+        for i, d in enumerate(dialogues):
+            alone = model(collate([d], speakers(2), list(SMALL)).to("cuda"))
+            torch.testing.assert_close(
+                together.log_probs[i, : len(d)], alone.log_probs[0], atol=1e-5, rtol=1e-5
+            )
+    model.train()
+    batch = collate(dialogues, speakers(2), list(SMALL)).to("cuda")
+    output = model(batch)
+    model.classification_loss(output, batch).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -12,7 +12,10 @@ parameters as ``RGCNConv`` (mean aggregation per relation, root weight, bias) an
 ``TransformerConv`` (concatenated heads, skip connection) and compute the same function (a test
 checks it against torch_geometric), but run the attention of each dialogue's nodes as one dense
 masked ``scaled_dot_product_attention`` instead of gather/scatter over edges, and need none of
-torch_geometric's optional compiled extensions.
+torch_geometric's optional compiled extensions. The text transformer is likewise written out
+(same function and parameters as ``nn.TransformerEncoderLayer``, also checked by a test) so that
+its position-wise products skip padded utterances. Dropout samples its mask with ``torch.rand``
+on CPU, about twice as fast there as the Bernoulli sampler behind ``F.dropout``.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ class CORECTConfig:
     widths: input feature width per modality, any non-empty subset of "t", "a", "v". wp/wf: an
     utterance's temporal graph edges reach utterances [j-wp, j+wf). text_encoder: "transformer"
     (published), or the public code's variants "mlp" and "lstm". pcm_dropout: dropout inside the
-    P-CM transformers (residual branches and attention weights), which the published
-    description leaves unstated.
+    P-CM transformers (residual branches, feed-forward and attention weights); the public code
+    builds them with none, hence 0.
     """
 
     n_classes: int
