@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lantern.annotate import resolve_seed_run, run_llm_config
+from lantern.evaluation import SIMULATED_MODEL
 from lantern.llm.config import LLMConfig
 from lantern.metrics import classification_report
 from lantern.predictions import read_predictions
@@ -103,6 +104,7 @@ def ablate(
     names = list(methods or METHODS)
     labels = read_json(seed_run.vanilla / "config.json")["label_set"]["classes"]
     rows: list[dict[str, Any]] = []
+    simulated = False
     with local_endpoint(base, say) as endpoint:
         for variant, config in variants(endpoint, t_values, strides).items():
             work = RunDir(seed_run.root / "ablations" / variant.replace("=", "-"))
@@ -112,6 +114,7 @@ def ablate(
                 f"vad {config.include_vad}, probs {config.include_probs})"
             )
             stats = run_llm_stage(work.root, config, ["dev", "test"], progress=progress)
+            simulated = simulated or _simulated(stats)
             fuse_run(work.root, names, seed=0)
             for method in names:
                 preds = read_predictions(work.fusion / method / "predictions-test.jsonl")
@@ -137,7 +140,7 @@ def ablate(
                     }
                 )
     out_dir = seed_run.root / "ablations"
-    markdown = _markdown(rows, simulated=base.model == "simulated-llm" or _simulated(seed_run))
+    markdown = _markdown(rows, simulated=simulated)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
@@ -152,9 +155,9 @@ def ablate(
     }
 
 
-def _simulated(seed_run: RunDir) -> bool:
-    stats = seed_run.llm / "stats.json"
-    return stats.exists() and read_json(stats).get("model") == "simulated-llm"
+def _simulated(stats: dict[str, Any]) -> bool:
+    """Whether an LLM stage's answers came from the simulation server (configured or as served)."""
+    return SIMULATED_MODEL in {stats.get("model"), *(stats.get("served_models") or {})}
 
 
 def _markdown(rows: list[dict[str, Any]], *, simulated: bool) -> str:

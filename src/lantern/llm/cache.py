@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS answers (
     template TEXT NOT NULL,
     text TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL
+    completion_tokens INTEGER NOT NULL,
+    served_model TEXT
 )
 """
 
@@ -47,11 +48,13 @@ def cache_key(model: str, messages: list[dict], params: dict[str, Any], template
 
 @dataclass(frozen=True)
 class CachedAnswer:
-    """A stored answer: the raw response text and the usage it cost when it was first asked."""
+    """A stored answer: the raw response text, the usage it cost when it was first asked, and the
+    model name the server reported (a simulation server says "simulated-llm"; runs must say so)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
+    served_model: str | None = None
 
 
 class ResponseCache:
@@ -75,17 +78,26 @@ class ResponseCache:
         if self.refresh:
             return None
         row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens FROM answers WHERE key = ?", (key,)
+            "SELECT text, prompt_tokens, completion_tokens, served_model FROM answers WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
             return None
-        return CachedAnswer(text=row[0], prompt_tokens=row[1], completion_tokens=row[2])
+        return CachedAnswer(text=row[0], prompt_tokens=row[1], completion_tokens=row[2], served_model=row[3])
 
     def put(self, key: str, model: str, template_version: str, answer: CachedAnswer) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO answers (key, model, template, text, prompt_tokens, completion_tokens) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (key, model, template_version, answer.text, answer.prompt_tokens, answer.completion_tokens),
+            "INSERT OR REPLACE INTO answers "
+            "(key, model, template, text, prompt_tokens, completion_tokens, served_model) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                model,
+                template_version,
+                answer.text,
+                answer.prompt_tokens,
+                answer.completion_tokens,
+                answer.served_model,
+            ),
         )
 
     def delete(self, key: str) -> None:

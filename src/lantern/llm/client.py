@@ -133,12 +133,14 @@ class _TokenBucket:
 
 @dataclass
 class Completion:
-    """One answered request: the message text and its usage (0 when the server reports none)."""
+    """One answered request: the message text, its usage (0 when the server reports none) and the
+    model name the server reported answering with."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     replica: int
+    served_model: str | None = None
 
 
 @dataclass
@@ -316,7 +318,8 @@ class LLMClient:
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
         text = response.choices[0].message.content if response.choices else None
-        return Completion(text or "", prompt_tokens, completion_tokens, replica), None, None
+        served = getattr(response, "model", None)
+        return Completion(text or "", prompt_tokens, completion_tokens, replica, served), None, None
 
 
 def _retry_after(headers: Any) -> float | None:

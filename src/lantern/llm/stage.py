@@ -242,6 +242,7 @@ async def _run(
         "requests_per_replica": client.stats.per_replica,
         "max_in_flight": client.stats.max_in_flight,
         "cache_hits": session.cache_hits,
+        "served_models": dict(sorted(session.served_models.items())),
         "retries": client.stats.retries,
         "answer_retries": session.answer_retries,
         "transport_errors": dict(sorted(client.stats.errors.items())),
@@ -289,6 +290,7 @@ class _Session:
     mode: str
     cache_hits: int = 0
     answer_retries: int = 0
+    served_models: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.options = PromptOptions(
@@ -372,6 +374,7 @@ class _Session:
             parsed = _parse(cached.text, request.indices, self.classes)
             if not parsed.errors:
                 self.cache_hits += 1
+                self.served_models[cached.served_model or self.model] += 1
                 request.result = dict(parsed.probs)
                 return
             log.warning("a cached answer no longer validates (%s); asking again", request.key[:12])
@@ -393,8 +396,14 @@ class _Session:
                     request.key,
                     self.model,
                     self.version,
-                    CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens),
+                    CachedAnswer(
+                        completion.text,
+                        completion.prompt_tokens,
+                        completion.completion_tokens,
+                        completion.served_model,
+                    ),
                 )
+                self.served_models[completion.served_model or self.model] += 1
                 request.result = dict(parsed.probs)
                 return
             if best is None or len(parsed.errors) < len(best.errors):
