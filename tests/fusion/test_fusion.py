@@ -1,0 +1,259 @@
+"""Fusion: input joining, every method's distributions, save/load, what attention learns, CV hygiene."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fusion_synth import make_answers, make_predictions, make_run
+
+from lantern import fusion
+from lantern.fusion import METHODS, FusionMethod, build_inputs, fuse_run
+from lantern.llm.answers import UtteranceAnswer, WindowAnswer
+from lantern.predictions import read_predictions
+
+FAST = {"hidden_sizes": [8], "weight_decays": [1e-2], "epoch_grid": [60, 150], "folds": 3}
+
+
+def fast(name: str) -> dict:
+    return FAST if METHODS[name].trained else {}
+
+
+def world(seed: int = 0, *, n_dev: int = 16, n_test: int = 16, **answer_kwargs):
+    rng = np.random.default_rng(seed)
+    out = []
+    for split, n in (("dev", n_dev), ("test", n_test)):
+        preds = make_predictions(rng, split, n_dialogues=n)
+        out.append(build_inputs(preds, make_answers(rng, preds, **answer_kwargs), 3))
+    return out
+
+
+def accuracy(model: FusionMethod, inputs) -> float:
+    return float((model.predict(inputs) == inputs.labels).mean())
+
+
+# ---- build_inputs ---------------------------------------------------------------------------
+
+
+def test_build_inputs_orders_candidates_by_position_and_rescales_vad():
+    rng = np.random.default_rng(1)
+    preds = make_predictions(rng, "dev", n_dialogues=2)
+    windows = make_answers(rng, preds, t=3, stride=2)
+    shuffled = [WindowAnswer(w.dialogue, w.start, w.stop, list(reversed(w.utterances))) for w in reversed(windows)]
+    x = build_inputs(preds, shuffled, 3)
+    assert x.q.shape == (len(preds), 3, 6) and x.p.shape == (len(preds), 6)
+    assert (x.b == np.arange(3)).all()
+    assert ((x.d >= 0) & (x.d <= 1)).all() and x.has_vad
+    np.testing.assert_allclose(x.d[0], (np.array(preds[0].vad) - 1) / 4)
+    # The answer at position b of utterance 5 is the one from window k = 5 // 2 - b.
+    for b in range(3):
+        k = 5 // 2 - b
+        start = max(0, 2 * k)
+        answer = next(
+            u for w in windows if w.dialogue == preds[5].dialogue and w.start == start for u in w.utterances
+            if u.id == preds[5].id
+        )
+        np.testing.assert_allclose(x.q[5, b], np.array(answer.probs) / sum(answer.probs))
+        assert x.r[5, b] == answer.r
+
+
+def test_build_inputs_without_vad_gives_zeros_and_flag():
+    rng = np.random.default_rng(2)
+    preds = make_predictions(rng, "dev", n_dialogues=2, with_vad=False)
+    x = build_inputs(preds, make_answers(rng, preds), 3)
+    assert not x.has_vad and (x.d == 0).all()
+
+
+def test_build_inputs_fallback_answers_carry_vanilla_and_are_flagged():
+    rng = np.random.default_rng(3)
+    preds = make_predictions(rng, "dev", n_dialogues=3)
+    x = build_inputs(preds, make_answers(rng, preds, fallback_rate=0.5), 3)
+    assert 0 < x.ok.mean() < 1
+    i, k = np.argwhere(~x.ok)[0]
+    np.testing.assert_allclose(x.q[i, k], x.p[i])
+
+
+def _one_dialogue():
+    rng = np.random.default_rng(4)
+    preds = make_predictions(rng, "dev", n_dialogues=1, length=(8, 8))
+    return preds, make_answers(rng, preds)
+
+
+def test_build_inputs_missing_answer_names_the_utterance():
+    preds, windows = _one_dialogue()
+    windows[0].utterances = windows[0].utterances[1:]
+    with pytest.raises(ValueError, match=rf"{preds[0].id}.*expected exactly t=3"):
+        build_inputs(preds, windows, 3)
+
+
+def test_build_inputs_duplicate_position_names_the_utterance():
+    preds, windows = _one_dialogue()
+    extra = windows[-1].utterances[-1]
+    windows[-1].utterances.append(UtteranceAnswer(extra.id, extra.b, extra.r, extra.probs))
+    with pytest.raises(ValueError, match=extra.id):
+        build_inputs(preds, windows, 3)
+
+
+def test_build_inputs_wrong_t_and_unknown_utterance():
+    preds, windows = _one_dialogue()
+    with pytest.raises(ValueError, match="expected exactly t=2"):
+        build_inputs(preds, windows, 2)
+    windows[0].utterances.append(UtteranceAnswer("ghost", 0, 0, [1.0] * 6))
+    with pytest.raises(ValueError, match="'ghost'.*no vanilla prediction"):
+        build_inputs(preds, windows, 3)
+
+
+def test_build_inputs_class_count_mismatch():
+    preds, windows = _one_dialogue()
+    windows[1].utterances[0].probs = [0.5, 0.5]
+    with pytest.raises(ValueError, match="has 2 classes, expected 6"):
+        build_inputs(preds, windows, 3)
+
+
+# ---- methods --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reliable_last():
+    """Answers at the window's last offsets are reliable (0.95), the first ones poor (0.3)."""
+    return world(5, accuracy=lambda b, r: 0.3 + 0.65 * r / 11)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_gives_distributions_and_roundtrips(name, reliable_last, tmp_path):
+    dev, test = reliable_last
+    model = METHODS[name](seed=0, **fast(name)).fit(dev)
+    probs = model.predict_proba(test)
+    assert probs.shape == (test.n, test.n_classes)
+    assert np.isfinite(probs).all() and (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    weights = model.attention_by_position(test)
+    assert set(weights) == {"0", "1", "2", "vanilla"}
+    assert abs(sum(weights.values()) - 1) < 1e-4
+    model.save(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() == model.trained
+    loaded = FusionMethod.load(tmp_path)
+    assert type(loaded) is type(model)
+    np.testing.assert_array_equal(loaded.predict_proba(test), probs)
+
+
+def test_fixed_methods_are_what_they_say(reliable_last):
+    _, test = reliable_last
+    np.testing.assert_allclose(METHODS["vanilla"]().fit(test).predict_proba(test), test.p)
+    np.testing.assert_allclose(METHODS["uniform"]().fit(test).predict_proba(test), test.q.mean(axis=1))
+    np.testing.assert_allclose(METHODS["single"]().fit(test).predict_proba(test), test.q[:, 2])
+
+
+def test_unfitted_or_mismatched_inputs_are_refused(reliable_last):
+    dev, _ = reliable_last
+    with pytest.raises(ValueError, match="not fitted"):
+        METHODS["attention"]().predict_proba(dev)
+    model = METHODS["uniform"]().fit(dev)
+    narrow = dev.subset(range(5))
+    narrow.q = narrow.q[:, :2]
+    narrow.b, narrow.r, narrow.ok = narrow.b[:, :2], narrow.r[:, :2], narrow.ok[:, :2]
+    with pytest.raises(ValueError, match="fitted for t=3"):
+        model.predict_proba(narrow)
+
+
+def test_training_is_deterministic_with_a_seed(reliable_last):
+    dev, test = reliable_last
+    a = METHODS["attention"](seed=3, **FAST).fit(dev).predict_proba(test)
+    b = METHODS["attention"](seed=3, **FAST).fit(dev).predict_proba(test)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_attention_learns_to_prefer_the_reliable_position(reliable_last):
+    dev, test = reliable_last
+    model = METHODS["attention"](seed=0, **FAST).fit(dev)
+    weights = model.attention_by_position(test)
+    assert weights["2"] > weights["1"] > weights["0"]
+    assert accuracy(model, test) > accuracy(METHODS["uniform"]().fit(dev), test) + 0.03
+    position = METHODS["position"](seed=0, **FAST).fit(dev).attention_by_position(test)
+    assert position["2"] > position["0"]
+
+
+def test_attention_with_a_useless_llm_stays_with_vanilla():
+    dev, test = world(6, useless=True)
+    model = METHODS["attention"](seed=0, **FAST).fit(dev)
+    assert model.attention_by_position(test)["vanilla"] > 0.7
+    vanilla = accuracy(METHODS["vanilla"]().fit(dev), test)
+    assert accuracy(model, test) >= vanilla - 0.01
+    # The paper-literal merge has no vanilla candidate and pays for the useless LLM.
+    assert accuracy(METHODS["attention-llm"](seed=0, **FAST).fit(dev), test) < vanilla - 0.2
+
+
+def test_cv_selects_hyperparameters_on_the_training_set_only(reliable_last, monkeypatch):
+    dev, test = reliable_last
+    seen: list[set[str]] = []
+    original = fusion.TrainedFusion._train
+
+    def spy(self, inputs, *args, **kwargs):
+        seen.append(set(inputs.ids))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(fusion.TrainedFusion, "_train", spy)
+    model = METHODS["attention"](seed=0, hidden_sizes=[4, 8], weight_decays=[1e-2, 10.0], epoch_grid=[1, 150], folds=3)
+    model.fit(dev)
+    model.predict_proba(test)
+    assert len(seen) == 3  # one CV run per hidden size, then the refit
+    assert all(ids <= set(dev.ids) for ids in seen)
+    assert not any(ids & set(test.ids) for ids in seen)
+    assert len(model.cv_) == 2 * 2 * 2
+    best = min(model.cv_, key=lambda row: row["nll"])
+    assert model.selected_ == {k: best[k] for k in ("hidden", "weight_decay", "epochs")}
+    # One step from uniform and a crushing weight decay are both worse than a real fit.
+    assert model.selected_["epochs"] == 150 and model.selected_["weight_decay"] == 1e-2
+
+
+def test_cv_folds_never_split_a_dialogue(reliable_last, monkeypatch):
+    dev, _ = reliable_last
+    masks = []
+    original = fusion.TrainedFusion._train
+
+    def spy(self, inputs, *args, train_mask=None, **kwargs):
+        if train_mask is not None:
+            masks.append((inputs.dialogues, train_mask))
+        return original(self, inputs, *args, train_mask=train_mask, **kwargs)
+
+    monkeypatch.setattr(fusion.TrainedFusion, "_train", spy)
+    METHODS["position"](seed=0, **FAST).fit(dev)
+    dialogues, mask = masks[0]
+    for row in mask:
+        held = {d for d, m in zip(dialogues, row, strict=True) if not m}
+        kept = {d for d, m in zip(dialogues, row, strict=True) if m}
+        assert held and kept and not held & kept
+
+
+# ---- fuse_run -------------------------------------------------------------------------------
+
+
+def test_fuse_run_writes_every_method(tmp_path):
+    run = make_run(tmp_path, n_dev=8, n_test=8)
+    summary = fuse_run(run, params={m: fast(m) for m in METHODS})
+    assert list(summary) == list(METHODS)
+    test_ids = [p.id for p in read_predictions(run / "vanilla" / "predictions-test.jsonl")]
+    for name in METHODS:
+        out = run / "fusion" / name
+        preds = read_predictions(out / "predictions-test.jsonl")
+        assert [p.id for p in preds] == test_ids
+        assert all(abs(sum(p.probs) - 1) < 1e-4 and p.vad is not None for p in preds)
+        assert json.loads((out / "config.json").read_text())["method"] == name
+        assert (out / "model.safetensors").exists() == METHODS[name].trained
+        assert set(json.loads((out / "attention.json").read_text())["test"]) == {"0", "1", "2", "vanilla"}
+        assert summary[name]["n_test"] == len(test_ids)
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_fuse_run_infers_t_without_stats_and_checks_inputs(tmp_path):
+    run = make_run(tmp_path, n_dev=6, n_test=6, t=2, stride=3)
+    (run / "llm" / "stats.json").unlink()
+    summary = fuse_run(run, ["uniform"])
+    assert summary["uniform"]["t"] == 2
+    with pytest.raises(ValueError, match="unknown fusion method.*nope"):
+        fuse_run(run, ["nope"])
+    with pytest.raises(ValueError, match="test split"):
+        fuse_run(run, ["uniform"], train_split="test")
+    with pytest.raises(FileNotFoundError, match="crossfit"):
+        fuse_run(run, ["uniform"], train_split="crossfit")
