@@ -212,6 +212,10 @@ def _results_rows(metrics: dict[str, Any]) -> list[list[str]]:
         for k in METRICS:
             e = metrics["vs_vanilla"].get(m, {}).get(k)
             cells.append(f"{e['delta']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]" if e else "—")
+        eces = [
+            r["methods"][m]["calibration"]["ece"] for r in metrics["per_seed"].values() if m in r["methods"]
+        ]
+        cells.append(f"{np.mean(eces):.2f}")
         cells.append(str(s["n_seeds"]))
         rows.append(cells)
     return rows
@@ -281,6 +285,7 @@ def write_report(run_dir: str | Path) -> Path:
                 "weighted F1 (%)",
                 "Δ acc vs vanilla [95% CI]",
                 "Δ wF1 vs vanilla [95% CI]",
+                "ECE (%)",
                 "seeds",
             ],
             _results_rows(metrics),

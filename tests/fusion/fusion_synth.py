@@ -19,12 +19,12 @@ from lantern.rundir import write_json
 CLASSES = IEMOCAP6.classes
 
 
-def _peaked(rng: np.random.Generator, gold: int, accuracy: float, confidence: float, n_classes: int) -> list[float]:
+def _peaked(
+    rng: np.random.Generator, gold: int, accuracy: float, confidence: float, n_classes: int
+) -> list[float]:
     """A distribution with ``confidence`` on gold (probability ``accuracy``) or on a random other class."""
-    if rng.random() < accuracy:
-        top = gold
-    else:
-        top = int(rng.choice([c for c in range(n_classes) if c != gold]))
+    wrong = [c for c in range(n_classes) if c != gold]
+    top = gold if rng.random() < accuracy else int(rng.choice(wrong))
     noise = rng.dirichlet(np.ones(n_classes)) * (1 - confidence)
     probs = noise
     probs[top] += confidence
@@ -148,7 +148,9 @@ def make_run(
         root / "run.json",
         {
             "lantern_version": "0.1.0",
-            "config": {"llm": {"model": model, "api_key": "sk-secret-value", "base_urls": ["http://127.0.0.1:9/v1"]}},
+            "config": {
+                "llm": {"model": model, "api_key": "sk-secret-value", "base_urls": ["http://127.0.0.1:9/v1"]}
+            },
             "stages": {},
         },
     )

@@ -40,7 +40,9 @@ def test_build_inputs_orders_candidates_by_position_and_rescales_vad():
     rng = np.random.default_rng(1)
     preds = make_predictions(rng, "dev", n_dialogues=2)
     windows = make_answers(rng, preds, t=3, stride=2)
-    shuffled = [WindowAnswer(w.dialogue, w.start, w.stop, list(reversed(w.utterances))) for w in reversed(windows)]
+    shuffled = [
+        WindowAnswer(w.dialogue, w.start, w.stop, list(reversed(w.utterances))) for w in reversed(windows)
+    ]
     x = build_inputs(preds, shuffled, 3)
     assert x.q.shape == (len(preds), 3, 6) and x.p.shape == (len(preds), 6)
     assert (x.b == np.arange(3)).all()
@@ -51,7 +53,10 @@ def test_build_inputs_orders_candidates_by_position_and_rescales_vad():
         k = 5 // 2 - b
         start = max(0, 2 * k)
         answer = next(
-            u for w in windows if w.dialogue == preds[5].dialogue and w.start == start for u in w.utterances
+            u
+            for w in windows
+            if w.dialogue == preds[5].dialogue and w.start == start
+            for u in w.utterances
             if u.id == preds[5].id
         )
         np.testing.assert_allclose(x.q[5, b], np.array(answer.probs) / sum(answer.probs))
@@ -100,7 +105,7 @@ def test_build_inputs_wrong_t_and_unknown_utterance():
     with pytest.raises(ValueError, match="expected exactly t=2"):
         build_inputs(preds, windows, 2)
     windows[0].utterances.append(UtteranceAnswer("ghost", 0, 0, [1.0] * 6))
-    with pytest.raises(ValueError, match="'ghost'.*no vanilla prediction"):
+    with pytest.raises(ValueError, match=r"'ghost'.*no vanilla prediction"):
         build_inputs(preds, windows, 3)
 
 
@@ -194,7 +199,9 @@ def test_cv_selects_hyperparameters_on_the_training_set_only(reliable_last, monk
         return original(self, inputs, *args, **kwargs)
 
     monkeypatch.setattr(fusion.TrainedFusion, "_train", spy)
-    model = METHODS["attention"](seed=0, hidden_sizes=[4, 8], weight_decays=[1e-2, 10.0], epoch_grid=[1, 150], folds=3)
+    model = METHODS["attention"](
+        seed=0, hidden_sizes=[4, 8], weight_decays=[1e-2, 10.0], epoch_grid=[1, 150], folds=3
+    )
     model.fit(dev)
     model.predict_proba(test)
     assert len(seen) == 3  # one CV run per hidden size, then the refit
@@ -251,7 +258,7 @@ def test_fuse_run_infers_t_without_stats_and_checks_inputs(tmp_path):
     (run / "llm" / "stats.json").unlink()
     summary = fuse_run(run, ["uniform"])
     assert summary["uniform"]["t"] == 2
-    with pytest.raises(ValueError, match="unknown fusion method.*nope"):
+    with pytest.raises(ValueError, match=r"unknown fusion method.*nope"):
         fuse_run(run, ["nope"])
     with pytest.raises(ValueError, match="test split"):
         fuse_run(run, ["uniform"], train_split="test")

@@ -1,0 +1,107 @@
+"""evaluate_run on synthetic single- and multi-seed run directories; results_table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fusion_synth import make_run
+
+from lantern.evaluation import calibration, evaluate_run, results_table
+from lantern.fusion import fuse_run
+from lantern.predictions import read_predictions, write_predictions
+
+FAST = {"hidden_sizes": [8], "weight_decays": [1e-2], "epoch_grid": [60], "folds": 3}
+METHODS = ["uniform", "attention"]
+
+
+@pytest.fixture(scope="module")
+def multi_seed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi")
+    for seed in (0, 1, 2):
+        run = make_run(root / f"seed-{seed}", seed=seed, n_dev=8, n_test=8, accuracy=lambda b, r: 0.85)
+        fuse_run(run, METHODS, seed=seed, params={"attention": FAST})
+    return root
+
+
+def test_multi_seed_summary_and_bootstrap(multi_seed):
+    metrics = evaluate_run(multi_seed, n_resamples=200)
+    assert metrics["seeds"] == ["seed-0", "seed-1", "seed-2"]
+    assert metrics["methods"] == ["vanilla", "uniform", "attention"]
+    assert metrics["labels"]["name"] == "iemocap6"
+    for m in metrics["methods"]:
+        acc = metrics["summary"][m]["accuracy"]
+        values = [metrics["per_seed"][s]["methods"][m]["accuracy"] for s in metrics["seeds"]]
+        assert acc["values"] == values
+        assert acc["mean"] == pytest.approx(np.mean(values), abs=0.01)
+        assert acc["std"] == pytest.approx(np.std(values, ddof=1), abs=0.01)
+        assert metrics["summary"][m]["n_seeds"] == 3
+    for seed in metrics["seeds"]:
+        bs = metrics["per_seed"][seed]["bootstrap_vs_vanilla"]
+        assert set(bs) == {"uniform", "attention"}
+        for key in ("accuracy", "weighted_f1"):
+            assert (
+                bs["attention"][key]["low"] <= bs["attention"][key]["delta"] <= bs["attention"][key]["high"]
+            )
+    pooled = metrics["vs_vanilla"]["attention"]["accuracy"]
+    assert pooled["delta"] > 5  # an 85%-accurate LLM beats a 65% vanilla model
+    assert pooled["low"] > 0
+    assert metrics["simulated_llm"] is True and metrics["llm"]["model"] == "simulated-llm"
+    assert metrics["llm"]["requests_sent"] == 3 * 120
+    assert json.loads((multi_seed / "eval" / "metrics.json").read_text())["summary"] == metrics["summary"]
+
+
+def test_results_table_has_every_method_and_says_simulated(multi_seed):
+    metrics = evaluate_run(multi_seed, n_resamples=50)
+    table = results_table(metrics)
+    assert "simulated LLM" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["vanilla", "uniform", "attention (Lantern)"]
+    s = metrics["summary"]["attention"]["accuracy"]
+    assert f"{s['mean']:.2f} ± {s['std']:.2f}" in rows[2]
+    assert "[" in rows[2] and "—" in rows[0]
+
+
+def test_single_seed_run_and_real_llm(tmp_path):
+    run = make_run(tmp_path, n_dev=6, n_test=6, model="gpt-4o")
+    fuse_run(run, ["uniform"])
+    metrics = evaluate_run(run, n_resamples=50)
+    assert metrics["seeds"] == ["seed-0"]
+    assert metrics["summary"]["uniform"]["accuracy"]["std"] == 0.0
+    assert metrics["simulated_llm"] is False
+    assert "simulated LLM" not in results_table(metrics)
+    test = read_predictions(run / "vanilla" / "predictions-test.jsonl")
+    gold = [p.label for p in test]
+    pred = [int(np.argmax(p.probs)) for p in test]
+    assert metrics["per_seed"]["seed-0"]["methods"]["vanilla"]["accuracy"] == round(
+        100 * float(np.mean(np.array(gold) == np.array(pred))), 2
+    )
+
+
+def test_unlabelled_test_utterances_are_left_out_and_missing_fused_rows_fail(tmp_path):
+    run = make_run(tmp_path, n_dev=6, n_test=6)
+    fuse_run(run, ["uniform"])
+    path = run / "vanilla" / "predictions-test.jsonl"
+    preds = read_predictions(path)
+    preds[0].label = None
+    write_predictions(path, preds)
+    assert evaluate_run(run, n_resamples=20)["per_seed"]["seed-0"]["n_test"] == len(preds) - 1
+    fused_path = run / "fusion" / "uniform" / "predictions-test.jsonl"
+    write_predictions(fused_path, read_predictions(fused_path)[2:])
+    with pytest.raises(ValueError, match="no prediction for test utterance"):
+        evaluate_run(run, n_resamples=20)
+
+
+def test_no_run_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to evaluate"):
+        evaluate_run(tmp_path)
+
+
+def test_calibration_of_perfect_and_overconfident_models():
+    gold = np.array([0, 1, 0, 1])
+    right = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert calibration(right, gold)["ece"] == 0.0
+    wrong = right[:, ::-1] * 0.9 + 0.05
+    assert (wrong.argmax(1) != gold).all()
+    assert calibration(wrong, gold)["ece"] == pytest.approx(95.0)
