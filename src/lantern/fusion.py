@@ -355,10 +355,15 @@ class GatedScorer(nn.Module):
         return torch.cat([(1 - beta[:, :, None]) * alpha, beta[:, :, None]], dim=2)
 
 
+def _mixture(weights: torch.Tensor, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ_k w_k · candidate_k: ``(R, n, C)`` from weights ``(R, n, t + 1)``."""
+    candidates = torch.cat([x["q"], x["p"][:, None, :]], dim=1)  # (n, t + 1, C)
+    return torch.einsum("rnk,nkc->rnc", weights, candidates)
+
+
 def _nll(weights: torch.Tensor, x: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-utterance cross-entropy ``(R, n)`` of the mixtures Σ_k w_k · candidate_k (log clamped)."""
-    candidates = torch.cat([x["q"], x["p"][:, None, :]], dim=1)  # (n, t + 1, C)
-    mixture = torch.einsum("rnk,nkc->rnc", weights, candidates)
+    mixture = _mixture(weights, x)
     picked = mixture.gather(2, x["labels"][None, :, None].expand(weights.shape[0], -1, 1)).squeeze(2)
     return -torch.log(picked.clamp_min(_EPS))
 
@@ -439,15 +444,19 @@ class FusionMethod(ABC):
         return model
 
 
+def _vanilla_weights(inputs: FusionInputs) -> np.ndarray:
+    w = np.zeros((inputs.n, inputs.t + 1))
+    w[:, -1] = 1.0
+    return w
+
+
 class VanillaOnly(FusionMethod):
     """The vanilla model alone: the reference every fused method is compared against."""
 
     name = "vanilla"
 
     def weights(self, inputs: FusionInputs) -> np.ndarray:
-        w = np.zeros((inputs.n, inputs.t + 1))
-        w[:, -1] = 1.0
-        return w
+        return _vanilla_weights(inputs)
 
 
 class UniformAverage(FusionMethod):
@@ -481,10 +490,17 @@ class TrainedFusion(FusionMethod):
     max(epoch_grid) steps and are scored at each grid epoch by held-out negative log-likelihood;
     the best triple (first in grid order on ties) is refitted on the whole fusion training set.
     Folds split dialogues, so a dialogue never sits on both sides. Test data never enter ``fit``.
+
+    **[ours]** Vanilla guard (Lantern's ``attention``): the mixture cross-entropy rewards hedging,
+    so against a useless LLM the optimum still mixes a little of it into p, which flips a few
+    close calls. If the selected grid point's cross-validated accuracy does not beat the vanilla
+    model's accuracy on the same utterances, the fitted weighting puts all weight on the vanilla
+    candidate (``selected_["vanilla_only"]``): a useless LLM then leaves Lantern exactly vanilla.
     """
 
     trained = True
     uses_hidden: ClassVar[bool] = True
+    vanilla_guard: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -541,12 +557,12 @@ class TrainedFusion(FusionMethod):
         seed: int,
         train_mask: np.ndarray | None = None,
         score_at: Sequence[int] = (),
-    ) -> tuple[nn.Module, dict[int, np.ndarray]]:
+    ) -> tuple[nn.Module, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Train R = len(weight_decays) independent replicas by full-batch Adam on labelled ``inputs``.
 
         ``train_mask`` ``(R, n)`` says which utterances each replica learns from (all by default);
-        the others are its held-out set, scored (summed NLL per replica, ``(R,)``) at each epoch of
-        ``score_at``. Returns the module and those scores.
+        the others are its held-out set, scored at each epoch of ``score_at`` by (summed NLL, number
+        correct), each ``(R,)``. Returns the module and those scores.
         """
         replicas = len(weight_decays)
         mask = torch.ones(replicas, inputs.n) if train_mask is None else torch.as_tensor(train_mask).float()
@@ -556,7 +572,7 @@ class TrainedFusion(FusionMethod):
         module.reset_parameters(generator)
         x = _tensors(inputs, self.n_offsets_)
         optimiser = torch.optim.Adam(module.parameters(), lr=self.lr)
-        scores: dict[int, np.ndarray] = {}
+        scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         wanted = set(score_at)
         for epoch in range(1, epochs + 1):
             optimiser.zero_grad()
@@ -567,7 +583,13 @@ class TrainedFusion(FusionMethod):
             optimiser.step()
             if epoch in wanted:
                 with torch.no_grad():
-                    scores[epoch] = ((_nll(module(x), x)) * (1 - mask)).sum(dim=1).numpy()
+                    weights = module(x)
+                    held = 1 - mask
+                    correct = (_mixture(weights, x).argmax(dim=2) == x["labels"]).float()
+                    scores[epoch] = (
+                        (_nll(weights, x) * held).sum(dim=1).numpy(),
+                        (correct * held).sum(dim=1).numpy(),
+                    )
         module.eval()
         return module, scores
 
@@ -585,6 +607,10 @@ class TrainedFusion(FusionMethod):
         if self.cv_:
             best = min(self.cv_, key=lambda row: row["nll"])
             self.selected_ = {k: best[k] for k in ("hidden", "weight_decay", "epochs")}
+            if self.vanilla_guard:
+                vanilla = float((train.p.argmax(axis=1) == train.labels).mean())
+                self.selected_["vanilla_only"] = best["accuracy"] <= vanilla
+                self.selected_["cv_accuracy_vanilla"] = round(vanilla, 6)
         else:
             self.selected_ = {
                 "hidden": self.hidden_sizes[0],
@@ -634,7 +660,8 @@ class TrainedFusion(FusionMethod):
                         "hidden": hidden,
                         "weight_decay": wd,
                         "epochs": e,
-                        "nll": round(float(scores[e][in_wd].sum()) / train.n, 6),
+                        "nll": round(float(scores[e][0][in_wd].sum()) / train.n, 6),
+                        "accuracy": round(float(scores[e][1][in_wd].sum()) / train.n, 6),
                     }
                     for e in self.epoch_grid
                 ]
@@ -643,6 +670,8 @@ class TrainedFusion(FusionMethod):
     def weights(self, inputs: FusionInputs) -> np.ndarray:
         if self.module_ is None:
             raise ValueError(f"fusion method {self.name!r} is not fitted")
+        if self.selected_.get("vanilla_only"):
+            return _vanilla_weights(inputs)
         with torch.no_grad(), _single_thread():
             return self.module_(_tensors(inputs, self.n_offsets_))[0].double().numpy()
 
@@ -681,6 +710,7 @@ class AttentionWeighting(TrainedFusion):
 
     name = "attention"
     include_vanilla: ClassVar[bool] = True
+    vanilla_guard = True
 
     def _build(self, hidden: int, t: int, n_classes: int, replicas: int = 1) -> nn.Module:
         return AttentionScorer(
@@ -699,6 +729,7 @@ class LLMOnlyAttentionWeighting(AttentionWeighting):
 
     name = "attention-llm"
     include_vanilla = False
+    vanilla_guard = False
 
 
 class GatedAttentionWeighting(TrainedFusion):
