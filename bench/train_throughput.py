@@ -35,6 +35,7 @@ import torch
 from lantern.corpus.dialogue import Dialogue, Utterance
 from lantern.models.batch import Batch, collate
 from lantern.models.heads import masked_vad_loss
+from lantern.training import mixed_precision
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 PUBLIC_CORECT_UTT_PER_S = 6276 / 24.0
@@ -117,10 +118,11 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
 
     def step(batch: Batch) -> None:
-        output = model(batch)
-        loss = model.classification_loss(output, batch)
-        if output.vad is not None:
-            loss = loss + masked_vad_loss(output.vad, batch.vad, batch.vad_mask)
+        with mixed_precision(args.precision, device):
+            output = model(batch)
+            loss = model.classification_loss(output, batch)
+            if output.vad is not None:
+                loss = loss + masked_vad_loss(output.vad, batch.vad, batch.vad_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -164,6 +166,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         "batch_dialogues": setup["batch"],
         "batching": args.batching,
         "adam": args.adam,
+        "precision": args.precision if device.type == "cuda" else "fp32",
         "padding_fraction": round(1 - real / padded, 4),
         "epoch_seconds": [round(s, 3) for s in epoch_seconds],
         "epoch_cpu_seconds": [round(s, 3) for s in cpu_seconds],
@@ -235,6 +238,9 @@ def main() -> int:
         "--no-vad", action="store_true", help="the published networks, without Lantern's VAD head"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="GPU arithmetic (CPU: fp32)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--public-corect-utt-per-s", type=float, default=PUBLIC_CORECT_UTT_PER_S)
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -80,8 +80,12 @@ class VanillaSpec:
 
 @dataclass
 class FusionSpec:
+    """Which fusion methods to fit, on which held-out split; ``params`` overrides a method's
+    hyperparameter grids, e.g. ``{"attention": {"hidden_sizes": [16], "epoch_grid": [200]}}``."""
+
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_FUSION_METHODS))
     train_split: str = "dev"
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -313,7 +317,8 @@ class Pipeline:
         outputs = [run.fusion / m / "predictions-test.jsonl" for m in methods]
         if self._skip(stage, config, outputs):
             return
-        fuse_run(run.root, methods, train_split=self.config.fusion.train_split, seed=seed)
+        spec = self.config.fusion
+        fuse_run(run.root, methods, train_split=spec.train_split, seed=seed, params=spec.params)
         self.run.mark_done(stage, config)
 
     def _eval(self, config: Any) -> dict[str, Any]:

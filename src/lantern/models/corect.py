@@ -371,7 +371,9 @@ class RelationalGraphConv(nn.Module):
         r, d_in, d_out = self.weight.shape
         per_relation = (x @ self.weight.permute(1, 0, 2).reshape(d_in, r * d_out)).view(-1, d_out)
         messages = per_relation[graph.src * r + graph.relation] * graph.norm[:, None]
-        return torch.addmm(self.bias, x, self.root).index_add(0, graph.dst, messages)
+        out = torch.addmm(self.bias, x, self.root)
+        # Under autocast the products come out in bf16 but the norm-scaled messages in fp32.
+        return out.index_add(0, graph.dst, messages.to(out.dtype))
 
 
 class GraphTransformerConv(nn.Module):
@@ -557,11 +559,13 @@ class CORECT(nn.Module):
         h = self.representation(batch)
         b, n = mask.shape
         c = self.config.n_classes
-        log_probs = torch.full((b, n, c), -math.log(c), dtype=h.dtype, device=h.device)
-        log_probs = log_probs.masked_scatter(mask[..., None], F.log_softmax(self.classifier(h), dim=-1))
+        scores = F.log_softmax(self.classifier(h), dim=-1)
+        log_probs = torch.full((b, n, c), -math.log(c), dtype=scores.dtype, device=h.device)
+        log_probs = log_probs.masked_scatter(mask[..., None], scores)
         vad = None
         if self.vad_head is not None:
-            vad = h.new_zeros(b, n, 3).masked_scatter(mask[..., None], self.vad_head(h))
+            unit = self.vad_head(h)
+            vad = unit.new_zeros(b, n, 3).masked_scatter(mask[..., None], unit)
         return ModelOutput(log_probs=log_probs, vad=vad)
 
     def classification_loss(
