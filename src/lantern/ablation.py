@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lantern.annotate import resolve_seed_run, run_llm_config
+from lantern.annotate import resolve_seed_run, run_llm_config, with_run_prompting
 from lantern.evaluation import SIMULATED_MODEL
 from lantern.llm.config import LLMConfig
 from lantern.metrics import classification_report
@@ -92,14 +92,7 @@ def ablate(
     seed_run = resolve_seed_run(run_dir)
     base = run_llm_config(seed_run)
     if llm is not None:
-        base = replace(
-            llm,
-            stride=base.stride,
-            t=base.t,
-            include_probs=base.include_probs,
-            include_vad=base.include_vad,
-            template=base.template,
-        )
+        base = with_run_prompting(llm, base)
     base = replace(base, cache_path=str(seed_run.llm / "cache.sqlite"))
     names = list(methods or METHODS)
     labels = read_json(seed_run.vanilla / "config.json")["label_set"]["classes"]

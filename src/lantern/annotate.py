@@ -52,6 +52,18 @@ def run_llm_config(seed_run: RunDir) -> LLMConfig:
     return config
 
 
+def with_run_prompting(endpoint: LLMConfig, run_settings: LLMConfig) -> LLMConfig:
+    """``endpoint`` asked the way the run asked: same receptive fields, same prompt contents."""
+    return replace(
+        endpoint,
+        stride=run_settings.stride,
+        t=run_settings.t,
+        include_probs=run_settings.include_probs,
+        include_vad=run_settings.include_vad,
+        template=run_settings.template,
+    )
+
+
 def _input_corpus(path: Path, labels) -> Corpus:
     """The input dialogues as a corpus in the run's label set (labels, when given, are checked)."""
     from lantern.corpus.jsonl import read_jsonl
@@ -112,18 +124,7 @@ def annotate(
     write_predictions(work.predictions(SPLIT), predictions)
 
     settings = run_llm_config(seed_run)
-    config = (
-        settings
-        if llm is None
-        else replace(
-            llm,
-            stride=settings.stride,
-            t=settings.t,
-            include_probs=settings.include_probs,
-            include_vad=settings.include_vad,
-            template=settings.template,
-        )
-    )
+    config = settings if llm is None else with_run_prompting(llm, settings)
     say(f"[annotate] LLM over receptive fields (stride {config.stride}, t {config.t})")
     stats = run_llm_stage(work.root, config, [SPLIT], progress=progress)
     windows = read_window_answers(work.answers(SPLIT))

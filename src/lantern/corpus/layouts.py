@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lantern.corpus.dialogue import CorpusError, Dialogue, Utterance
+from lantern.corpus.dialogue import Corpus, CorpusError, Dialogue, Utterance
 from lantern.labels import LabelSet
 
 log = logging.getLogger(__name__)
@@ -290,3 +291,30 @@ def read_dialogue_tables(
             "%s: %d dialogues are in neither the train nor the test ids; left out", file, len(unlisted)
         )
     return dialogues, widths
+
+
+def corpus_from_tables(
+    tables: Mapping[str, Any],
+    *,
+    modalities: Mapping[str, str],
+    labels: LabelSet,
+    dev_fraction: float,
+    path: Path,
+) -> Corpus:
+    """A validated corpus from a tuple layout's dict fields and its train/test id lists: the common
+    tail of the COGMEN and SDT readers (dev = the first ``dev_fraction`` of the train ids)."""
+    file = str(path)
+    train = split_ids(tables["train_ids"], field="train_vids", file=file)
+    test = split_ids(tables["test_ids"], field="test_vids", file=file)
+    check_unique_dialogues([as_text(d) for d in train + test], file=file)
+    dialogues, widths = read_dialogue_tables(
+        tables,
+        modalities=modalities,
+        splits=assign_splits(train, test, dev_fraction),
+        labels=labels,
+        file=file,
+    )
+    warn_unused_label_slots(dialogues, labels, file)
+    corpus = Corpus(name=path.stem, labels=labels, dialogues=dialogues, modalities=widths)
+    corpus.validate(file=file)
+    return corpus

@@ -17,14 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lantern.corpus.dialogue import Corpus, CorpusError
-from lantern.corpus.layouts import (
-    as_text,
-    assign_splits,
-    check_unique_dialogues,
-    read_dialogue_tables,
-    split_ids,
-    warn_unused_label_slots,
-)
+from lantern.corpus.layouts import corpus_from_tables
 from lantern.corpus.unpickle import load_pickle
 from lantern.labels import get_label_set
 
@@ -53,20 +46,9 @@ def _read_sdt(path: Path, *, n_fields: int, labels: str, dev_fraction: float, la
         size = len(data) if isinstance(data, tuple | list) else type(data).__name__
         raise CorpusError(f"expected the SDT {layout} {n_fields}-tuple, got {size}", file=file)
     tables = dict(zip(FIELDS, data[: len(FIELDS)], strict=True))
-    train = split_ids(tables["train_ids"], field="train_vids", file=file)
-    test = split_ids(tables["test_ids"], field="test_vids", file=file)
-    check_unique_dialogues([as_text(d) for d in train + test], file=file)
-    dialogues, widths = read_dialogue_tables(
-        tables,
-        modalities=MODALITY_FIELDS,
-        splits=assign_splits(train, test, dev_fraction),
-        labels=label_set,
-        file=file,
+    return corpus_from_tables(
+        tables, modalities=MODALITY_FIELDS, labels=label_set, dev_fraction=dev_fraction, path=path
     )
-    warn_unused_label_slots(dialogues, label_set, file)
-    corpus = Corpus(name=path.stem, labels=label_set, dialogues=dialogues, modalities=widths)
-    corpus.validate(file=file)
-    return corpus
 
 
 def read_sdt_iemocap(path: str | Path, *, labels: str = "iemocap6", dev_fraction: float = 0.1) -> Corpus:
