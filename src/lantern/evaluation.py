@@ -125,7 +125,7 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
     for seed_name, path in seeds.items():
         run = RunDir(path)
         config_path = run.vanilla / "config.json"
-        seed_labels = read_json(config_path).get("labels") if config_path.exists() else None
+        seed_labels = read_json(config_path).get("label_set") if config_path.exists() else None
         test_path = run.predictions("test")
         if not test_path.exists():
             raise FileNotFoundError(f"{test_path}: missing (train the vanilla model first)")

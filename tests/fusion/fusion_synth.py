@@ -121,7 +121,7 @@ def make_run(
 ) -> Path:
     """A single-seed run directory with vanilla predictions, LLM answers and stats (no fusion yet)."""
     rng = np.random.default_rng(seed)
-    write_json(root / "vanilla" / "config.json", {"labels": IEMOCAP6.to_json(), "seed": seed})
+    write_json(root / "vanilla" / "config.json", {"label_set": IEMOCAP6.to_json(), "seed": seed})
     for split, n in (("dev", n_dev), ("test", n_test)):
         preds = make_predictions(rng, split, n_dialogues=n)
         write_predictions(root / "vanilla" / f"predictions-{split}.jsonl", preds)

@@ -44,7 +44,7 @@ def make_base(root: Path, *, seed: int = 0, n_dev: int = 24, n_test: int = 24) -
     corpus_path = save_corpus(Corpus("synthetic", IEMOCAP6, dialogues, {"t": 2}), root / "corpus")
     run = RunDir(root / "base")
     run.set_corpus(corpus_path, corpus_fingerprint(corpus_path))
-    write_json(run.vanilla / "config.json", {"labels": IEMOCAP6.to_json(), "seed": seed})
+    write_json(run.vanilla / "config.json", {"label_set": IEMOCAP6.to_json(), "seed": seed})
     for split, preds in predictions.items():
         write_predictions(run.predictions(split), preds)
     return run.root

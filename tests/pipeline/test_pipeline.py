@@ -15,6 +15,7 @@ import pytest
 from conftest import tiny_config
 
 from lantern.cli import main
+from lantern.evaluation import results_table
 from lantern.llm.testserver import reset_server, running_test_server, server_stats
 from lantern.pipeline import load_config, run_pipeline
 from lantern.rundir import read_json
@@ -42,6 +43,7 @@ def test_run_writes_every_stage_then_skips_them(tiny_corpus, tmp_path):
         ):
             assert path.exists(), path
         assert Path(result["report"]) == run_dir / "report" / "index.html"
+        assert "label set iemocap6" in results_table(result["metrics"])
         stages = read_json(run_dir / "run.json")["stages"]
         assert {"corpus", "vanilla/seed-0", "llm/seed-0", "fusion/seed-0", "eval", "report"} <= set(stages)
         assert not any("skipped" in m for m in messages)

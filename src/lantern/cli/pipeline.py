@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="the whole pipeline on a small synthetic corpus with the embedded local LLM"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
-    p.add_argument("--dialogues", type=int, default=24, help="dialogues in the synthetic corpus")
-    p.add_argument("--epochs", type=int, default=12, help="vanilla training epochs")
+    p.add_argument("--dialogues", type=int, default=30, help="dialogues in the synthetic corpus (default 30)")
+    p.add_argument("--epochs", type=int, default=40, help="vanilla training epochs (default 40)")
     _endpoint_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_demo)

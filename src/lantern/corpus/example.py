@@ -195,18 +195,22 @@ def generate_example(
     text_features: str = "synthetic",
     min_len: int = 8,
     max_len: int = 90,
+    dev_fraction: float = 0.1,
 ) -> Corpus:
     """A synthetic IEMOCAP-shaped corpus (see the module docstring); the same seed gives the same corpus.
 
     ``widths`` maps modalities ("t", "a", "v") to feature widths (default t 768, a 100, v 512).
     ``text_features="minilm"`` makes "t" the MiniLM embedding (384-d) of the transcripts instead of
     synthetic vectors. Splits: sessions 1-4 are train, the first 10% of them (at least one when
-    there are two or more) dev; session 5 (~20% of dialogues) is test.
+    there are two or more) dev; session 5 (~20% of dialogues) is test. ``dev_fraction`` changes the
+    10% (small demo corpora want a larger dev split: the fusion module trains on it).
     """
     if n_dialogues < 1:
         raise ValueError(f"n_dialogues must be at least 1, got {n_dialogues}")
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+    if not 0.0 <= dev_fraction < 1.0:
+        raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
     if text_features not in ("synthetic", "minilm"):
         raise ValueError(f"text_features must be 'synthetic' or 'minilm', got {text_features!r}")
     widths = dict(DEFAULT_WIDTHS if widths is None else widths)
@@ -260,7 +264,7 @@ def generate_example(
         dialogues.append(Dialogue(id=did, split="test" if session == 5 else "train", utterances=utterances))
 
     train = [d for d in dialogues if d.split == "train"]
-    n_dev = int(0.1 * len(train)) or (1 if len(train) >= 2 else 0)
+    n_dev = int(dev_fraction * len(train)) or (1 if len(train) >= 2 else 0)
     for d in train[:n_dev]:
         d.split = "dev"
 
