@@ -1,0 +1,42 @@
+"""The README's main command, for real: the demo through the embedded llama.cpp server (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="the embedded LLM needs the 'local' extra")
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_with_the_embedded_llm(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lantern",
+            "demo",
+            "--out",
+            str(tmp_path / "demo"),
+            "--dialogues",
+            "12",
+            "--epochs",
+            "5",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "attention (Lantern)" in out.stdout
+    assert (tmp_path / "demo" / "report" / "index.html").exists()
+    stats = json.loads((tmp_path / "demo" / "seed-0" / "llm" / "stats.json").read_text())
+    assert stats["requests_sent"] > 0 and stats["served_models"]
+    answers = (tmp_path / "demo" / "seed-0" / "llm" / "answers-test.jsonl").read_text().splitlines()
+    statuses = {u["status"] for line in answers for u in json.loads(line)["utterances"]}
+    assert statuses <= {"ok", "fallback"}
