@@ -68,7 +68,7 @@ def make_base(root: Path, *, dialogues: int, seed: int, vanilla_acc: float = 0.6
     corpus_path = save_corpus(Corpus("synthetic", IEMOCAP6, ds, {"t": 2}), root / "corpus")
     run = RunDir(root / "base")
     run.set_corpus(corpus_path, corpus_fingerprint(corpus_path))
-    write_json(run.vanilla / "config.json", {"labels": IEMOCAP6.to_json(), "seed": seed})
+    write_json(run.vanilla / "config.json", {"label_set": IEMOCAP6.to_json(), "seed": seed})
     for split, ps in preds.items():
         write_predictions(run.predictions(split), ps)
     return run.root
