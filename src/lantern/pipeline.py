@@ -27,7 +27,7 @@ from typing import Any
 
 from lantern import __version__
 from lantern.llm.config import LLMConfig
-from lantern.rundir import RunDir, config_hash
+from lantern.rundir import RunDir, StageIncomplete, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class Pipeline:
             f"{stats.get('cache_hits', 0)} cache hits, fallback rate {stats.get('fallback_rate', 0):.1%}"
         )
         if not stats.get("complete", True):
-            raise RuntimeError(
+            raise StageIncomplete(
                 f"{stage}: the LLM stage did not finish (see {self.seed_dir(seed) / 'llm' / 'stats.json'}); "
                 "run the same command again to continue from the cache"
             )

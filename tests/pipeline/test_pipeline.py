@@ -18,7 +18,7 @@ from lantern.cli import main
 from lantern.evaluation import results_table
 from lantern.llm.testserver import reset_server, running_test_server, server_stats
 from lantern.pipeline import load_config, run_pipeline
-from lantern.rundir import read_json
+from lantern.rundir import StageIncomplete, read_json
 
 
 def _chat_requests(url: str) -> int:
@@ -186,3 +186,23 @@ def test_demo_command_prints_table_and_report_path(tmp_path, capsys):
     assert code == 0
     assert "attention" in out and "vanilla" in out
     assert f"report: {(tmp_path / 'demo' / 'report' / 'index.html').resolve()}" in out
+
+
+def test_budget_stop_is_reported_and_a_larger_budget_continues(tiny_corpus, tmp_path):
+    corpus_dir, gold = tiny_corpus
+    with running_test_server(simulate=[gold]) as url:
+        config = tiny_config(corpus_dir, url)
+        config.llm = replace(config.llm, prices={"sim": [1000.0, 1000.0]}, max_cost=1.0, concurrency=1)
+        with pytest.raises(StageIncomplete, match="run the same command again"):
+            run_pipeline(config, tmp_path / "run", progress=False)
+        stats = read_json(tmp_path / "run" / "seed-0" / "llm" / "stats.json")
+        assert not stats["complete"] and stats["fallbacks"].get("budget", 0) > 0
+        assert stats["cost_usd"] <= 1.0
+        first = _chat_requests(url)
+
+        config.llm = replace(config.llm, max_cost=None)
+        run_pipeline(config, tmp_path / "run", progress=False)
+        stats = read_json(tmp_path / "run" / "seed-0" / "llm" / "stats.json")
+        assert stats["complete"] and stats["cache_hits"] == first
+        assert _chat_requests(url) == stats["unique_requests"]
+    assert (tmp_path / "run" / "report" / "index.html").exists()

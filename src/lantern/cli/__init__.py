@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from lantern import __version__
+from lantern.rundir import StageIncomplete
 
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError)
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError, StageIncomplete)
 
 
 def build_parser() -> argparse.ArgumentParser:
