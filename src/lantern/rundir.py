@@ -59,17 +59,6 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def file_fingerprint(paths: list[Path]) -> str:
-    """sha256 over the bytes of several files, in the given order."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 class RunDir:
     """Paths and stage bookkeeping of one run directory."""
 
