@@ -206,3 +206,32 @@ def test_budget_stop_is_reported_and_a_larger_budget_continues(tiny_corpus, tmp_
         assert stats["complete"] and stats["cache_hits"] == first
         assert _chat_requests(url) == stats["unique_requests"]
     assert (tmp_path / "run" / "report" / "index.html").exists()
+
+
+def test_a_public_layout_file_runs_through_the_whole_pipeline(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "corpus"))
+    from corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle
+
+    from lantern.corpus.native import load_corpus
+
+    source = dump_pickle(
+        tmp_path / "IEMOCAP_features.pkl", cogmen_tuple(dialogue_tables(8, 3, py2=True)), py2=True
+    )
+    corpus_dir = tmp_path / "run" / "corpus"
+    config_path = tmp_path / "lantern.toml"
+    with running_test_server() as url:
+        config_path.write_text(
+            '[run]\ndir = "run"\n'
+            '[corpus]\nkind = "convert"\npath = "IEMOCAP_features.pkl"\nformat = "cogmen"\n'
+            "dev_fraction = 0.25\n"
+            '[vanilla]\nmodel = "sdt"\npreset = "quick"\nepochs = 1\n'
+            f'[llm]\nbase_urls = ["{url}"]\nmodel = "echo"\nstride = 2\nt = 2\n'
+            '[fusion]\nmethods = ["vanilla", "attention"]\n'
+        )
+        code = main(["run", "--config", str(config_path), "--quiet"])
+    assert code == 0
+    corpus = load_corpus(corpus_dir)
+    assert len(corpus) == 11 and corpus.modalities == {"t": 100, "a": 100, "v": 512}
+    assert {d.split for d in corpus} == {"train", "dev", "test"}
+    assert read_json(tmp_path / "run" / "run.json")["config"]["corpus"]["path"] == str(source)
+    assert (tmp_path / "run" / "report" / "index.html").exists()
