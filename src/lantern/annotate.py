@@ -128,8 +128,8 @@ def annotate(
     say(f"[annotate] LLM over receptive fields (stride {config.stride}, t {config.t})")
     stats = run_llm_stage(work.root, config, [SPLIT], progress=progress)
     windows = read_window_answers(work.answers(SPLIT))
-    fused = fusion.predict_proba(build_inputs(predictions, windows, config.t))
-    weights = fusion.weights(build_inputs(predictions, windows, config.t))
+    inputs = build_inputs(predictions, windows, config.t)
+    fused, weights = fusion.predict_proba(inputs), fusion.weights(inputs)
 
     records = _records(corpus, predictions, windows, fused, weights, meta.labels.classes, config)
     atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
