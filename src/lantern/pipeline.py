@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from lantern import __version__
+from lantern.errors import StageIncomplete
 from lantern.llm.config import LLMConfig
-from lantern.rundir import RunDir, StageIncomplete, config_hash
+from lantern.rundir import RunDir, config_hash
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,6 @@ from lantern import __version__
 RUN_JSON = "run.json"
 
 
-class StageIncomplete(RuntimeError):
-    """A stage stopped short on purpose (a cost budget, an endpoint that gave up): its partial work
-    is kept, and running the same command again continues it."""
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
     path = Path(path)

@@ -15,10 +15,11 @@ import pytest
 from conftest import tiny_config
 
 from lantern.cli import main
+from lantern.errors import StageIncomplete
 from lantern.evaluation import results_table
 from lantern.llm.testserver import reset_server, running_test_server, server_stats
 from lantern.pipeline import load_config, run_pipeline
-from lantern.rundir import StageIncomplete, read_json
+from lantern.rundir import read_json
 
 
 def _chat_requests(url: str) -> int:

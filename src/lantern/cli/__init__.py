@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from lantern import __version__
-from lantern.rundir import StageIncomplete
+from lantern.errors import StageIncomplete
 
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError, StageIncomplete)
 

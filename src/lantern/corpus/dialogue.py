@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lantern.errors import LanternError
 from lantern.labels import LabelSet
 
 SPLITS = ("train", "dev", "test")
@@ -20,7 +21,7 @@ MODALITIES = ("t", "a", "v")
 VAD_RANGE = (1.0, 5.0)
 
 
-class CorpusError(ValueError):
+class CorpusError(LanternError):
     """Bad input, located: the message names the file, dialogue and utterance where they apply."""
 
     def __init__(
