@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from conftest import SMALL_SDT, WIDTHS
 
 from lantern.models.batch import IGNORE_LABEL, collate
 from lantern.models.registry import config_for_corpus, parameter_summary, speaker_vocabulary
-from lantern.models.sdt import SDT, SDTConfig
+from lantern.models.sdt import SDT, EncoderLayer, SDTConfig, sinusoidal_positions
 
 
 def count(config: SDTConfig) -> int:
@@ -150,3 +152,116 @@ def test_class_weights_change_the_loss(synthetic_corpus):
     uniform = model.classification_loss(out, batch, torch.full((4,), 3.0))
     assert not torch.isclose(plain, weighted)
     torch.testing.assert_close(plain, uniform)  # the weighted mean only depends on relative weights
+
+
+# One published encoder layer (MODELS.md § SDT, item 3), written from the description with plain tensor
+# operations; it reads the module's weights so both compute with the same parameters.
+def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return x @ layer.weight.T + layer.bias
+
+
+def _layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-6) * norm.weight + norm.bias
+
+
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def reference_encoder_layer(layer, query, context, position_speaker, mask, heads, p, train):
+    """``context`` None: intra-modal, keys/values are the query stream itself (embedded and dropped once).
+
+    Dropout draws follow the published order: keys/values input, query input, attention weights, context,
+    then the two feed-forward dropouts.
+    """
+
+    def drop(x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, p, training=train)
+
+    if context is None:
+        x_b = drop(query + position_speaker)
+        x_a = x_b
+    else:
+        x_a = drop(context + position_speaker)
+        x_b = drop(query + position_speaker)
+    b, n, h = x_b.shape
+    d = h // heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(b, n, heads, d).transpose(1, 2)
+
+    attention = layer.attention
+    q = split(_linear(x_b, attention.query)) / math.sqrt(d)
+    k, v = split(_linear(x_a, attention.key)), split(_linear(x_a, attention.value))
+    scores = (q @ k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], -1e10)
+    weights = drop(torch.softmax(scores, dim=-1))
+    context_vectors = _linear((weights @ v).transpose(1, 2).reshape(b, n, h), attention.out)
+    x = drop(context_vectors) + x_b
+    w1, w2 = layer.feedforward[0], layer.feedforward[-1]
+    return x + drop(_linear(drop(_tanh_gelu(_linear(_layer_norm(x, layer.feedforward_norm), w1))), w2))
+
+
+LAYER = {"hidden": 16, "heads": 4, "feedforward": 24}
+
+
+def layer_inputs(scale: float = 1.0, seed: int = 0):
+    """Three dialogues of lengths 5, 3, 1 (padding after each), with positions + speaker embeddings,
+    all multiplied by ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    b, n, h = 3, 5, LAYER["hidden"]
+    mask = torch.arange(n)[None, :] < torch.tensor([5, 3, 1])[:, None]
+    speakers = torch.randint(0, 2, (b, n), generator=g).masked_fill(~mask, 2)
+    speaker_table = torch.randn(3, h, generator=g)
+    speaker_table[2] = 0.0  # the padding speaker
+    position_speaker = sinusoidal_positions(n, h, torch.device("cpu"))[None] + speaker_table[speakers]
+    query, context = torch.randn(b, n, h, generator=g), torch.randn(b, n, h, generator=g)
+    return query * scale, context * scale, position_speaker * scale, mask
+
+
+def random_layer(dropout: float, attention_scale: float = 1.0) -> EncoderLayer:
+    """Every weight random, LayerNorm gains and biases included, so that a misused one shows; the
+    attention's weights multiplied by ``attention_scale``."""
+    torch.manual_seed(1)
+    layer = EncoderLayer(LAYER["hidden"], LAYER["heads"], LAYER["feedforward"], dropout)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.copy_(torch.randn_like(param) * 0.5)
+        for param in layer.attention.parameters():
+            param.mul_(attention_scale)
+    return layer
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3], ids=["unit", "small"])  # small: the LayerNorm eps shows
+@pytest.mark.parametrize("intra", [False, True], ids=["inter_modal", "intra_modal"])
+def test_encoder_layer_matches_the_published_function(intra, scale):
+    layer = random_layer(0.5, attention_scale=scale).eval()
+    query, context, position_speaker, mask = layer_inputs(scale)
+    context = None if intra else context
+    with torch.no_grad():
+        out = layer(query, context, position_speaker, mask)
+        expected = reference_encoder_layer(
+            layer, query, context, position_speaker, mask, LAYER["heads"], 0.5, train=False
+        )
+    torch.testing.assert_close(out[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
+
+
+@pytest.mark.parametrize("intra", [False, True], ids=["inter_modal", "intra_modal"])
+def test_encoder_layer_drops_out_where_published(intra):
+    """Same seed, same dropout masks: every dropout site is a draw from the generator in turn, so a
+    missing, extra, moved or reordered dropout (or two draws where the intra-modal layer makes one)
+    changes the masks or where they apply, and the outputs differ."""
+    layer = random_layer(0.5).train()
+    query, context, position_speaker, mask = layer_inputs()
+    context = None if intra else context
+    with torch.no_grad():
+        torch.manual_seed(7)
+        out = layer(query, context, position_speaker, mask)
+        torch.manual_seed(7)
+        expected = reference_encoder_layer(
+            layer, query, context, position_speaker, mask, LAYER["heads"], 0.5, train=True
+        )
+        assert not torch.allclose(out[mask], layer.eval()(query, context, position_speaker, mask)[mask])
+    torch.testing.assert_close(out[mask], expected[mask], atol=1e-5, rtol=1e-5)

@@ -100,7 +100,9 @@ def sinusoidal_positions(n: int, dim: int, device: torch.device) -> torch.Tensor
 
 
 class MultiHeadAttention(nn.Module):
-    """Scaled dot-product attention over a dialogue, padding keys masked.
+    """Scaled dot-product attention over a dialogue (per-head scale 1/√d_head, dropout on the
+    attention weights, output Linear), padding keys masked. The boolean mask gives the published
+    −1e10 fill's result: every dialogue has a real key, so masked weights are zero either way.
 
     query: ``(B, N, H)``, context: ``(B, N, H)``, mask: ``(B, N)`` bool → ``(B, N, H)``.
     """
@@ -132,29 +134,48 @@ class MultiHeadAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One pre-LayerNorm transformer layer whose queries may come from another modality than its
-    keys/values. Positions and speaker embeddings are added to both inputs here ("inside every
-    encoder"); the speaker table is shared by the nine encoders and passed in already looked up.
+    """The published one-layer encoder (MODELS.md § SDT, item 3): queries from the target modality,
+    keys/values from the source. Positions and speaker embeddings are added to both inputs here
+    ("inside every encoder"), then dropout; attention without a LayerNorm before it, residual onto
+    the dropped query input; then a pre-LayerNorm tanh-GELU feed-forward. The speaker table is
+    shared by the nine encoders and passed in already looked up.
 
-    query, context, position_speaker: ``(B, N, H)``; mask: ``(B, N)`` → ``(B, N, H)``, zero on padding.
+    query, position_speaker: ``(B, N, H)``; context: ``(B, N, H)``, or None for the intra-modal
+    encoder, whose keys/values are the query input itself (embedded and dropped once, as published);
+    mask: ``(B, N)`` → ``(B, N, H)``, zero on padding (the public layer leaves padding rows as
+    computed; everything after the encoders works per utterance, so zeroing them changes no real
+    utterance and keeps padded features out of the padded outputs).
     """
 
     def __init__(self, hidden: int, heads: int, feedforward: int, dropout: float) -> None:
         super().__init__()
-        self.attention_norm = nn.LayerNorm(hidden)
+        # Never applied: the public layer norms its input only from its second layer on and has one
+        # layer, yet defines the norm — its weights are part of the published parameter count.
+        self.attention_norm = nn.LayerNorm(hidden, eps=1e-6)
         self.attention = MultiHeadAttention(hidden, heads, dropout)
-        self.feedforward_norm = nn.LayerNorm(hidden)
+        self.feedforward_norm = nn.LayerNorm(hidden, eps=1e-6)
         self.feedforward = nn.Sequential(
-            nn.Linear(hidden, feedforward), nn.ReLU(), nn.Dropout(dropout), nn.Linear(feedforward, hidden)
+            nn.Linear(hidden, feedforward),
+            nn.GELU(approximate="tanh"),
+            nn.Dropout(dropout),
+            nn.Linear(feedforward, hidden),
         )
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, query: torch.Tensor, context: torch.Tensor, position_speaker: torch.Tensor, mask: torch.Tensor
+        self,
+        query: torch.Tensor,
+        context: torch.Tensor | None,
+        position_speaker: torch.Tensor,
+        mask: torch.Tensor,
     ) -> torch.Tensor:
-        q = query + position_speaker
-        kv = context + position_speaker
-        h = q + self.drop(self.attention(self.attention_norm(q), self.attention_norm(kv), mask))
+        if context is None:
+            q = kv = self.drop(query + position_speaker)
+        else:
+            # Keys/values first: the published order of the two dropout draws.
+            kv = self.drop(context + position_speaker)
+            q = self.drop(query + position_speaker)
+        h = q + self.drop(self.attention(q, kv, mask))
         h = h + self.drop(self.feedforward(self.feedforward_norm(h)))
         return h * mask[..., None]
 
@@ -209,7 +230,8 @@ class SDT(nn.Module):
             streams = []
             for source in mods:
                 key = _stream(source, target)
-                s = self.encoders[key](x[target], x[source], position_speaker, mask)
+                context = None if source == target else x[source]
+                s = self.encoders[key](x[target], context, position_speaker, mask)
                 streams.append(torch.sigmoid(self.gates[key](s)) * s)
             reduced[target] = self.reductions[target](torch.cat(streams, dim=-1))
         stacked = torch.stack([reduced[m] for m in mods], dim=-2)  # (B, N, M, H)
