@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lantern.corpus.dialogue import CorpusError
+from lantern.corpus.jsonio import json_lines
 from lantern.rundir import atomic_write_text
 
 
@@ -35,26 +37,24 @@ def write_predictions(path: str | Path, predictions: Iterable[Prediction]) -> No
 
 def read_predictions(path: str | Path) -> list[Prediction]:
     """Read a predictions JSONL file, checking each record; errors name the file and line."""
-    path = Path(path)
+    file = str(path)
     out: list[Prediction] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                p = Prediction(
-                    id=str(obj["id"]),
-                    dialogue=str(obj["dialogue"]),
-                    speaker=str(obj["speaker"]),
-                    split=str(obj["split"]),
-                    label=None if obj.get("label") is None else int(obj["label"]),
-                    probs=[float(x) for x in obj["probs"]],
-                    vad=None if obj.get("vad") is None else [float(x) for x in obj["vad"]],
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a prediction record ({exc})") from exc
-            if not p.probs or any(not math.isfinite(x) or x < 0 for x in p.probs):
-                raise ValueError(f"{path}:{lineno}: utterance {p.id}: probabilities must be finite and >= 0")
-            out.append(p)
+    for lineno, obj in json_lines(path):
+        try:
+            p = Prediction(
+                id=str(obj["id"]),
+                dialogue=str(obj["dialogue"]),
+                speaker=str(obj["speaker"]),
+                split=str(obj["split"]),
+                label=None if obj.get("label") is None else int(obj["label"]),
+                probs=[float(x) for x in obj["probs"]],
+                vad=None if obj.get("vad") is None else [float(x) for x in obj["vad"]],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise CorpusError(f"line {lineno}: not a prediction record ({exc!r})", file=file) from None
+        if not p.probs or any(not math.isfinite(x) or x < 0 for x in p.probs):
+            raise CorpusError(
+                f"line {lineno}: probabilities must be finite and >= 0", file=file, utterance=p.id
+            )
+        out.append(p)
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 from torch import nn
@@ -27,13 +29,15 @@ from tqdm.auto import tqdm
 
 from lantern import __version__
 from lantern.corpus.dialogue import SPLITS, Corpus, Dialogue
+from lantern.corpus.jsonio import read_json
+from lantern.errors import LanternError
 from lantern.labels import IEMOCAP6, LabelSet
 from lantern.metrics import classification_report
 from lantern.models.batch import IGNORE_LABEL, collate, vad_from_unit
 from lantern.models.heads import masked_vad_loss
 from lantern.models.registry import build_model, config_for_corpus, parameter_summary, speaker_vocabulary
 from lantern.predictions import Prediction, write_predictions
-from lantern.rundir import RunDir, atomic_write_bytes, read_json, write_json
+from lantern.rundir import RunDir, atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +256,33 @@ def evaluate(
     return report
 
 
+def _first_non_finite(dialogues: Sequence[Dialogue]) -> str | None:
+    """Where the first NaN/inf feature value of ``dialogues`` is, if any."""
+    for d in dialogues:
+        for m, x in d.features.items():
+            bad = ~np.isfinite(x).all(axis=1)
+            if bad.any():
+                return f"dialogue {d.id}, utterance {d.utterances[int(np.argmax(bad))].id}, modality {m!r}"
+    return None
+
+
+def _stopped(epoch: int, what: str, dialogues: Sequence[Dialogue], lr: float) -> LanternError:
+    """The error that ends a training whose ``what`` became NaN/inf: bad features if the dialogues
+    involved have any (an in-memory corpus is not checked like a loaded one), else divergence."""
+    where = _first_non_finite(dialogues)
+    if where is not None:
+        return LanternError(f"{where}: a NaN/inf feature value made the {what} non-finite at epoch {epoch}")
+    return LanternError(
+        f"training diverged at epoch {epoch}: the {what} became NaN/inf; lower the learning rate "
+        f"(now {lr:g}) and train again (no model was written)"
+    )
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    checks = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
 def fit(
     model: nn.Module,
     train: Sequence[Dialogue],
@@ -264,7 +295,10 @@ def fit(
     class_weights: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``train``; keep the weights of the epoch with the best dev
-    weighted F1 (first best on ties). Deterministic on CPU for a given ``config.seed``."""
+    weighted F1 (first best on ties). Deterministic on CPU for a given ``config.seed``.
+
+    A NaN/inf training loss, dev loss or weight stops training with a LanternError (naming the
+    dialogue when a feature value is to blame), so that no caller ever saves a NaN model."""
     if not train:
         raise ValueError("the corpus has no training dialogues")
     if not dev:
@@ -300,6 +334,10 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 train_losses.append(loss.item())
+                if not math.isfinite(train_losses[-1]):
+                    raise _stopped(epoch, "training loss", chunk, config.lr)
+            if not _finite_weights(model):
+                raise _stopped(epoch, "model's weights", train, config.lr)
             dev_report = evaluate(
                 model,
                 dev,
@@ -311,6 +349,8 @@ def fit(
                 class_weights=class_weights,
                 lambda_vad=config.lambda_vad,
             )
+            if not math.isfinite(dev_report["loss"]):
+                raise _stopped(epoch, "dev loss", dev, config.lr)
             if scheduler is not None:
                 scheduler.step(dev_report["loss"])
             record = {
@@ -373,18 +413,45 @@ class CheckpointMeta:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> CheckpointMeta:
+    def from_json(cls, data: Any) -> CheckpointMeta:
+        """The inverse of ``to_json``; ValueError naming the first key that is missing or holds
+        the wrong type (config.json is a file people can edit)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+
+        def get(key: str, kind: type | tuple[type, ...], what: str, default: Any = ...) -> Any:
+            if key not in data:
+                if default is ...:
+                    raise ValueError(f"missing key {key!r}")
+                return default
+            value = data[key]
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+                raise ValueError(f"{key!r} must be {what}, got a {type(value).__name__}")
+            return value
+
+        def counts(key: str) -> dict[str, int]:
+            table = get(key, dict, "an object of names to integers")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in table.values()):
+                raise ValueError(f"{key!r} must map names to integers")
+            return dict(table)
+
+        label_set = get("label_set", dict, "an object with 'name' and 'classes'")
+        classes = label_set.get("classes")
+        if not isinstance(label_set.get("name"), str) or not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        ):
+            raise ValueError("'label_set' must hold a 'name' and a list of class names 'classes'")
         return cls(
-            model=data["model"],
-            model_config=data["model_config"],
-            labels=LabelSet.from_json(data["label_set"]),
-            modalities=dict(data["modalities"]),
-            speaker_vocab=dict(data["speaker_vocabulary"]),
-            vad_trained=bool(data["vad_trained"]),
-            seed=int(data["seed"]),
-            training=data.get("training", {}),
-            corpus_fingerprint=data.get("corpus_fingerprint"),
-            parameters=data.get("parameters", {}),
+            model=get("model", str, "a model name"),
+            model_config=get("model_config", dict, "an object"),
+            labels=LabelSet.from_json(label_set),
+            modalities=counts("modalities"),
+            speaker_vocab=counts("speaker_vocabulary"),
+            vad_trained=get("vad_trained", bool, "true or false"),
+            seed=get("seed", int, "an integer"),
+            training=get("training", dict, "an object", {}),
+            corpus_fingerprint=get("corpus_fingerprint", (str, type(None)), "a string or null", None),
+            parameters=get("parameters", dict, "an object", {}),
         )
 
 
@@ -396,15 +463,73 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMet
     write_json(directory / CONFIG_FILE, meta.to_json())
 
 
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape from a safetensors header, without reading the tensors."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (safetensors.SafetensorError, OSError) as exc:
+        raise LanternError(
+            f"file {path}: not a readable safetensors file (truncated or corrupt: {exc})"
+        ) from None
+
+
+def _check_tensors(path: Path, got: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights whose tensor names or shapes differ from those of the model config.json builds."""
+    missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = [name for name in expected if name in got and got[name] != expected[name]]
+    if missing or extra or wrong:
+        problem = (
+            f"tensor {missing[0]!r} is missing"
+            if missing
+            else f"tensor {extra[0]!r} is not part of it"
+            if extra
+            else f"tensor {wrong[0]!r} is {list(got[wrong[0]])}, the model's is {list(expected[wrong[0]])}"
+        )
+        raise LanternError(
+            f"file {path}: the weights are not those of the model {CONFIG_FILE} describes: {problem}"
+        )
+
+
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """Rebuild a trained model from RUN_DIR/vanilla/ (no optimizer, no corpus); eval mode."""
+    """Rebuild a trained model from RUN_DIR/vanilla/ (no optimizer, no corpus); eval mode.
+
+    Both files may have been damaged or edited, so each problem is a LanternError naming the file:
+    config.json that is not JSON, lacks a key, holds a wrong type or describes another model;
+    model.safetensors that is truncated, holds NaN/inf, or whose tensors do not fit config.json. The
+    model is first built on the "meta" device (no memory), so an edited size cannot allocate more
+    than the weights file holds.
+    """
     directory = Path(directory)
-    for name in (CONFIG_FILE, MODEL_FILE):
-        if not (directory / name).exists():
-            raise FileNotFoundError(f"{directory / name}: no trained model here (run `lantern train` first)")
-    meta = CheckpointMeta.from_json(read_json(directory / CONFIG_FILE))
+    config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
+    for path in (config_path, model_path):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no trained model here (run `lantern train` first)")
+    data = read_json(config_path)
+    try:
+        meta = CheckpointMeta.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LanternError(f"file {config_path}: not a Lantern model config: {exc}") from None
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(meta.model, meta.model_config)
+    # Whatever an edited model_config makes the constructors raise is a fault of that file.
+    except Exception as exc:
+        raise LanternError(
+            f"file {config_path}: 'model_config' does not build a {meta.model!r} model "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    _check_tensors(model_path, _tensor_shapes(model_path), expected)
+    try:
+        state = safetensors.torch.load_file(str(model_path))
+    except (safetensors.SafetensorError, OSError) as exc:
+        raise LanternError(f"file {model_path}: not a readable safetensors file ({exc})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LanternError(f"file {model_path}: tensor {name!r} holds NaN/inf values; train again")
     model = build_model(meta.model, meta.model_config)
-    model.load_state_dict(safetensors.torch.load_file(str(directory / MODEL_FILE)))
+    model.load_state_dict(state)
     model.to(resolve_device(device)).eval()
     return model, meta
 

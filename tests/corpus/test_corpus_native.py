@@ -137,3 +137,79 @@ def test_corrupt_directories_are_located(tmp_path):
         load_corpus(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_corpus(tmp_path / "absent")
+
+
+def _set_feature(out, modality, row, column, value):
+    rows = np.load(out / "features" / f"{modality}.npy", mmap_mode="r+")
+    rows[row, column] = value
+    rows.flush()
+    del rows
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_feature_is_refused_naming_file_row_and_utterance(tmp_path, value):
+    out = save_corpus(small_corpus(), tmp_path / "c")
+    _set_feature(out, "a", 4, 1, value)  # row 4: dia1 starts at row 3, so its second utterance
+    where = rf"file {out}/features/a\.npy, dialogue dia1, utterance d1_001"
+    with pytest.raises(CorpusError, match=rf"{where}: modality 'a' has a NaN/inf value \(row 4\)"):
+        load_corpus(out)
+
+
+def test_edited_files_are_refused_naming_the_file(tmp_path):
+    out = save_corpus(small_corpus(), tmp_path / "a")
+    path = out / "dialogues.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"line 0", b"line O"))  # still a valid corpus
+    with pytest.raises(CorpusError, match=rf"file {path}: its content changed after Lantern wrote"):
+        load_corpus(out)
+
+    out = save_corpus(small_corpus(), tmp_path / "b")
+    _set_feature(out, "t", 0, 0, 0.5)
+    with pytest.raises(CorpusError, match=rf"file {out}/features/t\.npy: its content changed"):
+        load_corpus(out)
+
+    out = save_corpus(small_corpus(), tmp_path / "c")
+    header = json.loads((out / "corpus.json").read_text())
+    header["labels"]["name"] = "mine"
+    (out / "corpus.json").write_text(json.dumps(header))
+    with pytest.raises(CorpusError, match=rf"file {out}/corpus\.json: its label set or modality widths"):
+        load_corpus(out)
+
+
+def test_corpus_from_before_checksums_is_checked_by_its_fingerprint(tmp_path, caplog):
+    out = save_corpus(small_corpus(), tmp_path / "c")
+    header = json.loads((out / "corpus.json").read_text())
+    del header["checksums"]  # what Lantern wrote before it recorded one checksum per file
+    (out / "corpus.json").write_text(json.dumps(header))
+    load_corpus(out)
+
+    _set_feature(out, "a", 0, 0, 0.5)
+    with pytest.raises(
+        CorpusError, match=rf"file {out}/corpus\.json: the corpus does not match the fingerprint"
+    ):
+        load_corpus(out)
+
+    del header["fingerprint"]  # not written by Lantern at all: nothing to verify against
+    (out / "corpus.json").write_text(json.dumps(header))
+    with caplog.at_level("WARNING", logger="lantern.corpus.native"):
+        assert load_corpus(out).n_utterances == 7
+    assert "cannot be verified" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        ("dialogues.jsonl", b'"offset": 3', b'"offset": 1e400', r"line 2: bad dialogue record"),
+        ("dialogues.jsonl", b'"label": "hap"', b'"label": 3', r"utterance d\w+: .*'3'"),
+        ("dialogues.jsonl", b'"utterances": [', b'"utterances": "x", "u": [', r"'utterances' must be a list"),
+        ("dialogues.jsonl", b'"utterances": [', b'"utterances": [7, ', r"an utterance must be a JSON object"),
+        ("corpus.json", b'"modalities": {', b'"modalities": ["t", "a"], "m": {', r"'modalities' must map"),
+    ],
+    ids=["infinite offset", "numeric label", "utterances not a list", "utterance not an object", "widths"],
+)
+def test_malformed_records_are_located(tmp_path, file, old, new, message):
+    out = save_corpus(small_corpus(), tmp_path / "c")
+    text = (out / file).read_bytes()
+    assert old in text
+    (out / file).write_bytes(text.replace(old, new, 1))
+    with pytest.raises(CorpusError, match=rf"file {out}/{file}.*{message}"):
+        load_corpus(out)

@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from conftest import SMALL_CORECT, SMALL_SDT, make_corpus
 
 from lantern import training
+from lantern.errors import LanternError
 from lantern.labels import IEMOCAP4, IEMOCAP6
+from lantern.models.registry import build_model, config_for_corpus, speaker_vocabulary
 from lantern.predictions import read_predictions
 from lantern.rundir import RunDir
 from lantern.training import (
@@ -279,3 +282,100 @@ def test_auto_device_is_cpu_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training.resolve_device("auto") == torch.device("cpu")
     assert training.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_fit_stops_on_a_nan_feature_and_names_it():
+    corpus = make_corpus(n_dialogues=(4, 2, 0))
+    bad = corpus.split("train")[2]
+    bad.features["a"][1, 3] = np.nan
+    config = make_train_config("quick", epochs=2, progress=False)
+    model = build_model("sdt", config_for_corpus("sdt", corpus, **SMALL_SDT))
+    with pytest.raises(
+        LanternError, match=rf"dialogue {bad.id}, utterance {bad.utterances[1].id}, modality 'a'"
+    ):
+        training.fit(
+            model,
+            corpus.split("train"),
+            corpus.split("dev"),
+            config,
+            classes=corpus.labels.classes,
+            speaker_vocab=speaker_vocabulary(corpus),
+            modalities=list(corpus.modalities),
+        )
+
+
+def test_diverging_training_stops_and_writes_no_model(tmp_path):
+    corpus = make_corpus(n_dialogues=(6, 2, 2))
+    with pytest.raises(LanternError, match=r"diverged at epoch \d+.*lower the learning rate \(now 1e\+08\)"):
+        train_run(corpus, tmp_path, "sdt", lr=1e8, **small_fit_kwargs())
+    assert not (tmp_path / "vanilla" / "model.safetensors").exists()
+
+
+def _edit_config(vanilla, edit) -> None:
+    config = json.loads((vanilla / "config.json").read_text())
+    edit(config)
+    (vanilla / "config.json").write_text(json.dumps(config))
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _nan_weight(path) -> None:
+    state = safetensors.torch.load_file(str(path))
+    next(iter(state.values()))[...] = float("nan")
+    safetensors.torch.save_file(state, str(path))
+
+
+DAMAGE = {
+    "truncated weights": (
+        lambda v: _truncate(v / "model.safetensors"),
+        r"model\.safetensors: not a readable safetensors file \(truncated",
+    ),
+    "NaN weights": (lambda v: _nan_weight(v / "model.safetensors"), r"model\.safetensors: tensor .* NaN/inf"),
+    "not JSON": (
+        lambda v: (v / "config.json").write_text("{model: sdt"),
+        r"config\.json: line 1: invalid JSON",
+    ),
+    "missing key": (
+        lambda v: _edit_config(v, lambda c: c.pop("speaker_vocabulary")),
+        r"config\.json: .*missing key 'speaker_vocabulary'",
+    ),
+    "wrong type": (
+        lambda v: _edit_config(v, lambda c: c.update(seed="3")),
+        r"config\.json: .*'seed' must be an integer",
+    ),
+    "unknown model field": (
+        lambda v: _edit_config(v, lambda c: c["model_config"].update(layers_x=2)),
+        r"config\.json: 'model_config' does not build a 'sdt' model",
+    ),
+    "another size": (
+        lambda v: _edit_config(v, lambda c: c["model_config"].update(hidden=64)),
+        r"model\.safetensors: the weights are not those of the model config\.json describes: tensor '.*' is",
+    ),
+    "absurd size": (
+        lambda v: _edit_config(v, lambda c: c["model_config"].update(hidden=10**12)),
+        r"config\.json|model\.safetensors",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_checkpoint_is_one_located_error(tmp_path, damage):
+    corpus = make_corpus(n_dialogues=(2, 1, 1))
+    model = build_model("sdt", config_for_corpus("sdt", corpus, **SMALL_SDT))
+    meta = training.CheckpointMeta(
+        model="sdt",
+        model_config=config_for_corpus("sdt", corpus, **SMALL_SDT).to_json(),
+        labels=corpus.labels,
+        modalities=dict(corpus.modalities),
+        speaker_vocab=speaker_vocabulary(corpus),
+        vad_trained=True,
+        seed=0,
+    )
+    training.save_checkpoint(tmp_path, model, meta)
+    load_checkpoint(tmp_path)  # intact, it loads
+    apply, message = DAMAGE[damage]
+    apply(tmp_path)
+    with pytest.raises(LanternError, match=message):
+        load_checkpoint(tmp_path)

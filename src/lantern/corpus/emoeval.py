@@ -28,7 +28,8 @@ HEADER = re.compile(
 
 def _read_file(path: Path, vad: dict[str, tuple[float, float, float]], origin: dict[str, str]) -> None:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        # utf-8-sig: a byte-order mark would otherwise hide the first header line ("\ufeff[...").
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
         raise CorpusError(f"cannot read: {exc.strerror}", file=str(path)) from None
     for number, line in enumerate(text.splitlines(), start=1):

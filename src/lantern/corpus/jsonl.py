@@ -14,6 +14,7 @@
   is ``None``).
 - ``vad`` is optional ``[valence, arousal, dominance]`` on the 1-5 scale.
 - ``id`` is optional; it defaults to ``<dialogue id>_<position:03d>``.
+- The file is UTF-8; a leading byte-order mark (as Windows tools write) is accepted.
 
 There are no feature vectors in the file, so the "t" modality is computed from the transcripts
 with MiniLM (:mod:`lantern.corpus.text_features`) unless ``text_features=False``.
@@ -21,12 +22,12 @@ with MiniLM (:mod:`lantern.corpus.text_features`) unless ``text_features=False``
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from lantern.corpus.dialogue import SPLITS, VAD_RANGE, Corpus, CorpusError, Dialogue, Utterance
+from lantern.corpus.jsonio import json_lines
 from lantern.corpus.text_features import add_text_features
 from lantern.labels import IEMOCAP6, LabelSet, custom_label_set, get_label_set
 
@@ -135,17 +136,8 @@ def read_jsonl(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     parsed: list[tuple[int, str, str, list[tuple[Utterance, str | None]]]] = []
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(
-                    f"line {line}: invalid JSON ({exc.msg} at column {exc.colno})", file=file
-                ) from None
-            parsed.append((line, *_read_line(raw, file=file, line=line, default_split=default_split)))
+    for line, raw in json_lines(path):
+        parsed.append((line, *_read_line(raw, file=file, line=line, default_split=default_split)))
     if not parsed:
         raise CorpusError("no dialogues (the file is empty)", file=file)
     names = [label for *_, us in parsed for _, label in us if label is not None]

@@ -2,7 +2,8 @@
 
     CORPUS_DIR/
       corpus.json           format version, name, label set, modalities and widths, feature sources,
-                            counts, fingerprint
+                            counts, fingerprint, checksums (sha256 of every file below, and of the
+                            label set and widths)
       dialogues.jsonl       one dialogue per line: id, split, offset (its first row in the feature
                             arrays), utterances [{id, speaker, text, label (class name or null),
                             vad ([v, a, d] or null)}]
@@ -12,7 +13,9 @@
                             computed sentence embeddings are reused rather than recomputed
 
 Anyone can read it with ``json`` and ``numpy``, and nothing in it can run code. Feature arrays are
-memory-mapped on load (read lazily), and each dialogue's features are views into those maps.
+memory-mapped on load, and each dialogue's features are views into those maps. Loading still reads
+every byte once: to refuse NaN/inf feature values (they would train a NaN model) and content that
+no longer matches its checksums (a hand-edited file: run directories identify a corpus by content).
 A directory is written under a temporary sibling name and renamed when complete, so a failure
 never leaves a half-written corpus behind.
 """
@@ -21,23 +24,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lantern.corpus.dialogue import SPLITS, Corpus, CorpusError, Dialogue, Utterance
+from lantern.corpus.jsonio import BOM, json_lines, read_json
 from lantern.corpus.text_features import corpus_texts, texts_hash
 from lantern.labels import LabelSet
+
+log = logging.getLogger(__name__)
 
 FORMAT = "lantern-corpus"
 VERSION = 1
 CORPUS_JSON = "corpus.json"
 DIALOGUES_JSONL = "dialogues.jsonl"
 FEATURES = "features"
+# Rows checked for NaN/inf at a time: the scan's extra memory stays small whatever the corpus size.
+SCAN_BYTES = 1 << 24
 
 
 def _dialogue_record(d: Dialogue, labels: LabelSet, offset: int) -> dict:
@@ -58,19 +68,44 @@ def _dialogue_record(d: Dialogue, labels: LabelSet, offset: int) -> dict:
     }
 
 
+def _content_files(header: dict) -> list[str]:
+    """The data files of a corpus, relative to its directory, in fingerprint order."""
+    return [DIALOGUES_JSONL] + [f"{FEATURES}/{m}.npy" for m in sorted(header["modalities"])]
+
+
+def _header_bytes(header: dict) -> bytes:
+    fields = {"labels": header["labels"], "modalities": header["modalities"]}
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    """Feed a file to ``h``. A leading byte-order mark is not content (nothing Lantern reads
+    changes with it), so an editor or copy tool that adds one does not make the corpus "edited"."""
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20).removeprefix(BOM))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
 def _fingerprint(root: Path, header: dict) -> str:
     """sha256 over the label set, widths, dialogues.jsonl and every feature array, in a fixed order."""
     h = hashlib.sha256()
-    h.update(
-        json.dumps({"labels": header["labels"], "modalities": header["modalities"]}, sort_keys=True).encode()
-    )
-    paths = [root / DIALOGUES_JSONL] + [root / FEATURES / f"{m}.npy" for m in sorted(header["modalities"])]
-    for path in paths:
-        h.update(path.name.encode())
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+    h.update(_header_bytes(header))
+    for name in _content_files(header):
+        h.update(Path(name).name.encode())
+        _hash_file(h, root / name)
     return h.hexdigest()[:16]
+
+
+def _checksums(root: Path, header: dict) -> dict[str, str]:
+    """sha256 of the label set and widths (under corpus.json's name) and of each data file: what
+    a loader verifies, one file at a time, so that a mismatch names the file that changed."""
+    sums = {CORPUS_JSON: hashlib.sha256(_header_bytes(header)).hexdigest()}
+    for name in _content_files(header):
+        h = hashlib.sha256()
+        _hash_file(h, root / name)
+        sums[name] = h.hexdigest()
+    return sums
 
 
 def _write(corpus: Corpus, root: Path) -> None:
@@ -111,6 +146,7 @@ def _write(corpus: Corpus, root: Path) -> None:
         },
     }
     header["fingerprint"] = _fingerprint(root, header)
+    header["checksums"] = _checksums(root, header)
     (root / CORPUS_JSON).write_text(json.dumps(header, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -149,16 +185,14 @@ def save_corpus(corpus: Corpus, out_dir: str | Path, *, overwrite: bool = False)
     return out
 
 
-def _read_header(root: Path) -> dict:
+def _read_header(root: Path) -> tuple[dict, LabelSet, dict[str, int]]:
+    """corpus.json, checked: the header dict, its label set and its modality widths."""
     path = root / CORPUS_JSON
     if not path.is_file():
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such corpus directory")
         raise CorpusError(f"not a Lantern corpus directory (no {CORPUS_JSON})", file=str(root))
-    try:
-        header = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorpusError(f"corrupt JSON: {exc}", file=str(path)) from None
+    header = read_json(path)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CorpusError(f"not a {FORMAT} header", file=str(path))
     if header.get("version") != VERSION:
@@ -169,19 +203,33 @@ def _read_header(root: Path) -> dict:
     for key in ("name", "labels", "modalities"):
         if key not in header:
             raise CorpusError(f"missing key {key!r}", file=str(path))
-    return header
+    modalities = header["modalities"]
+    if not isinstance(modalities, dict) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in modalities.values()
+    ):
+        raise CorpusError("'modalities' must map names to widths (integers > 0)", file=str(path))
+    try:
+        labels = LabelSet.from_json(header["labels"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorpusError(f"bad label set: {exc!r}", file=str(path)) from None
+    sources = header.get("feature_sources", {})
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise CorpusError("'feature_sources' must map modalities to names", file=str(path))
+    return header, labels, dict(modalities)
 
 
-def _read_utterance(raw: dict, labels: LabelSet, file: str, line: int, dialogue: str) -> Utterance:
+def _read_utterance(raw: object, labels: LabelSet, file: str, line: int, dialogue: str) -> Utterance:
+    if not isinstance(raw, dict):
+        raise CorpusError(f"line {line}: an utterance must be a JSON object", file=file, dialogue=dialogue)
     uid = raw.get("id")
     try:
-        label = None if raw.get("label") is None else labels.index(raw["label"])
+        label = raw.get("label")
         vad = raw.get("vad")
         return Utterance(
             id=str(uid),
             speaker=str(raw["speaker"]),
             text=str(raw["text"]),
-            label=label,
+            label=None if label is None else labels.index(str(label)),
             vad=None if vad is None else (float(vad[0]), float(vad[1]), float(vad[2])),
         )
     except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -196,18 +244,16 @@ def _read_dialogues(root: Path, labels: LabelSet) -> list[tuple[Dialogue, int]]:
     if not path.is_file():
         raise CorpusError("missing", file=file)
     out: list[tuple[Dialogue, int]] = []
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                raw = json.loads(text)
-                did, split, offset = str(raw["id"]), raw["split"], int(raw["offset"])
-                records = raw["utterances"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise CorpusError(f"line {line}: bad dialogue record: {exc}", file=file) from None
-            utterances = [_read_utterance(u, labels, file, line, did) for u in records]
-            out.append((Dialogue(id=did, split=split, utterances=utterances), offset))
+    for line, raw in json_lines(path):
+        try:
+            did, split, offset = str(raw["id"]), raw["split"], int(raw["offset"])
+            records = raw["utterances"]
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise CorpusError(f"line {line}: bad dialogue record: {exc!r}", file=file) from None
+        if not isinstance(records, list):
+            raise CorpusError(f"line {line}: 'utterances' must be a list", file=file, dialogue=did)
+        utterances = [_read_utterance(u, labels, file, line, did) for u in records]
+        out.append((Dialogue(id=did, split=split, utterances=utterances), offset))
     return out
 
 
@@ -232,20 +278,67 @@ def _open_features(root: Path, modalities: dict[str, int], total: int) -> dict[s
     return arrays
 
 
-def load_corpus(path: str | Path) -> Corpus:
-    """Read a native corpus directory; feature arrays are memory-mapped and read lazily.
+def _check_finite(root: Path, arrays: dict[str, np.ndarray], records: list[tuple[Dialogue, int]]) -> None:
+    """Refuse the first NaN/inf feature value, naming its array, row, dialogue and utterance.
 
-    Ids, splits, labels, VAD ranges, offsets and array shapes are checked on load; feature values were
-    checked (finite) when the corpus was saved and are not scanned again here.
+    The memory maps are scanned SCAN_BYTES at a time, so the check needs no copy of an array.
+    """
+    starts = np.asarray([offset for _, offset in records])
+    for m, rows in arrays.items():
+        step = max(1, SCAN_BYTES // max(rows.shape[1] * rows.itemsize, 1))
+        for start in range(0, len(rows), step):
+            finite = np.isfinite(rows[start : start + step]).all(axis=1)
+            if finite.all():
+                continue
+            row = start + int(np.argmin(finite))
+            k = int(np.searchsorted(starts, row, side="right")) - 1
+            dialogue, offset = records[k]
+            raise CorpusError(
+                f"modality {m!r} has a NaN/inf value (row {row})",
+                file=str(root / FEATURES / f"{m}.npy"),
+                dialogue=dialogue.id,
+                utterance=dialogue.utterances[row - offset].id,
+            )
+
+
+def _verify_content(root: Path, header: dict) -> None:
+    """Refuse a corpus whose files no longer match the checksums Lantern recorded when writing it.
+
+    Corpora written before per-file checksums carry only the fingerprint, which covers every file at
+    once; one without either (not written by Lantern) is read with a warning.
+    """
+    again = "write the corpus again (lantern data convert) rather than editing its files"
+    recorded = header.get("checksums")
+    if isinstance(recorded, dict):
+        for name, digest in _checksums(root, header).items():
+            if recorded.get(name) != digest:
+                what = "its label set or modality widths" if name == CORPUS_JSON else "its content"
+                raise CorpusError(
+                    f"{what} changed after Lantern wrote the corpus (the checksum recorded in "
+                    f"{CORPUS_JSON} does not match); {again}",
+                    file=str(root / name),
+                )
+    elif "fingerprint" in header:
+        if header["fingerprint"] != _fingerprint(root, header):
+            raise CorpusError(
+                f"the corpus does not match the fingerprint recorded here: its label set, widths, "
+                f"{DIALOGUES_JSONL} or a feature array changed after Lantern wrote it; {again}",
+                file=str(root / CORPUS_JSON),
+            )
+    else:
+        log.warning("%s: no checksums or fingerprint; its content cannot be verified", root / CORPUS_JSON)
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Read a native corpus directory; feature arrays are memory-mapped.
+
+    Ids, splits, labels, VAD ranges, offsets and array shapes are checked, every feature value is
+    checked finite, and the files must match the checksums recorded in corpus.json; each refusal is
+    a CorpusError naming the file (and the dialogue, utterance or line).
     """
     root = Path(path)
-    header = _read_header(root)
+    header, labels, modalities = _read_header(root)
     file = str(root / DIALOGUES_JSONL)
-    try:
-        labels = LabelSet.from_json(header["labels"])
-        modalities = {str(m): int(w) for m, w in header["modalities"].items()}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorpusError(f"bad label set or modalities: {exc}", file=str(root / CORPUS_JSON)) from None
     records = _read_dialogues(root, labels)
     total = sum(len(d) for d, _ in records)
     arrays = _open_features(root, modalities, total)
@@ -262,9 +355,11 @@ def load_corpus(path: str | Path) -> Corpus:
         modalities=modalities,
         feature_sources=dict(header.get("feature_sources", {})),
     )
-    # Everything but the feature values (a full scan would defeat the memory map).
+    # Everything but the feature values, which the chunked scan below checks without a full copy.
     shallow = [replace(d, features={}) for d in corpus.dialogues]
     replace(corpus, dialogues=shallow, modalities={}).validate(file=file)
+    _check_finite(root, arrays, records)
+    _verify_content(root, header)
     return corpus
 
 
@@ -274,7 +369,7 @@ def corpus_fingerprint(path: str | Path) -> str:
     Equal corpora give equal fingerprints; run directories record it to notice a changed corpus.
     """
     root = Path(path)
-    header = _read_header(root)
+    header, _, _ = _read_header(root)
     try:
         return _fingerprint(root, header)
     except FileNotFoundError as exc:
