@@ -21,16 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from lantern.corpus.dialogue import Corpus, Dialogue, Utterance
-from lantern.corpus.native import corpus_fingerprint, save_corpus
+from lantern.fields import FieldSpec
 from lantern.fusion import METHODS, fuse_run
-from lantern.labels import IEMOCAP6
-from lantern.llm.stage import LLMConfig, run_llm_stage
-from lantern.llm.testserver import running_test_server
-from lantern.predictions import Prediction, read_predictions, write_predictions
-from lantern.rundir import RunDir, read_json, write_json
+from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.stage import run_llm_stage
+from lantern.predictions import read_predictions
+from lantern.rundir import RunDir
+from lantern.testing.runs import dialogue_sizes, make_corpus, make_run
+from lantern.testing.server import running_test_server
 
-BANNER = "simulated LLM (answers built from gold labels by lantern.llm.testserver; not a real model)"
+BANNER = "simulated LLM (answers built from gold labels by lantern.testing.server; not a real model)"
 SCENARIOS: dict[str, dict] = {
     "useless (random)": {"random": True, "accuracy": 0.0},
     "accuracy 0.5": {"accuracy": 0.5},
@@ -42,60 +42,35 @@ SCENARIOS: dict[str, dict] = {
 
 def make_base(root: Path, *, dialogues: int, seed: int, vanilla_acc: float = 0.65) -> Path:
     """A corpus plus a run directory holding synthetic vanilla predictions for dev and test."""
-    rng = np.random.default_rng(seed)
-    n_classes = len(IEMOCAP6)
-    ds, preds = [], {"dev": [], "test": []}
-    for split in preds:
-        for di in range(dialogues):
-            dialogue = f"{split}_d{di:03d}"
-            utterances = []
-            for ui in range(int(rng.integers(6, 25))):
-                uid, gold = f"{dialogue}_u{ui:03d}", int(rng.integers(n_classes))
-                top = (
-                    gold
-                    if rng.random() < vanilla_acc
-                    else int(rng.choice([c for c in range(n_classes) if c != gold]))
-                )
-                probs = rng.dirichlet(np.ones(n_classes)) * 0.5
-                probs[top] += float(rng.uniform(0.2, 0.6))
-                vad = [float(x) for x in rng.uniform(1, 5, 3)]
-                utterances.append(Utterance(uid, "AB"[ui % 2], f"line {ui}", gold, vad))
-                preds[split].append(
-                    Prediction(uid, dialogue, "AB"[ui % 2], split, gold, (probs / probs.sum()).tolist(), vad)
-                )
-            n = len(utterances)
-            ds.append(Dialogue(dialogue, split, utterances, {"t": np.zeros((n, 2), np.float32)}))
-    corpus_path = save_corpus(Corpus("synthetic", IEMOCAP6, ds, {"t": 2}), root / "corpus")
-    run = RunDir(root / "base")
-    run.set_corpus(corpus_path, corpus_fingerprint(corpus_path))
-    write_json(run.vanilla / "config.json", {"label_set": IEMOCAP6.to_json(), "seed": seed})
-    for split, ps in preds.items():
-        write_predictions(run.predictions(split), ps)
-    return run.root
+    corpus = make_corpus(dialogue_sizes({"dev": dialogues, "test": dialogues}, (6, 24), seed=seed), seed=seed)
+    return make_run(root, corpus, accuracy=vanilla_acc, seed=seed).root
 
 
 def run_scenario(base: Path, out: Path, simulation: dict, seed: int) -> dict:
     shutil.copytree(base, out)
-    files = [str(out / "vanilla" / f"predictions-{s}.jsonl") for s in ("dev", "test")]
+    run = RunDir(out)
+    files = [str(run.predictions(s)) for s in ("dev", "test")]
     started = time.perf_counter()
     with running_test_server(simulate=files, seed=seed, **simulation) as url:
-        config = LLMConfig(base_urls=[url + "/v1"], model="simulated-llm", stride=4, t=3, concurrency=8)
-        run_llm_stage(out, config, ["dev", "test"], progress=False)
+        endpoint = Endpoint(base_urls=[url + "/v1"], model="simulated-llm", concurrency=8)
+        stats = run_llm_stage(
+            out, LLMConfig(fields=FieldSpec(4, 3), endpoint=endpoint), ["dev", "test"], progress=False
+        )
     llm_seconds = time.perf_counter() - started
     started = time.perf_counter()
     summary = fuse_run(out, list(METHODS), seed=seed)
     fusion_seconds = time.perf_counter() - started
     accuracy = {}
     for m in METHODS:
-        preds = read_predictions(out / "fusion" / m / "predictions-test.jsonl")
+        preds = read_predictions(run.method(m).predictions)
         accuracy[m] = round(100 * float(np.mean([int(np.argmax(p.probs)) == p.label for p in preds])), 2)
     return {
         "simulation": simulation,
         "test_accuracy": accuracy,
         "gain_vs_vanilla": {m: round(a - accuracy["vanilla"], 2) for m, a in accuracy.items()},
         "attention_weights": summary["attention"]["attention"],
-        "attention_selected": summary["attention"]["selected"],
-        "fallback_rate": read_json(out / "llm" / "stats.json").get("fallback_rate"),
+        "attention_selection": summary["attention"]["selection"],
+        "fallback_rate": stats.fallback_rate,
         "n_test": summary["attention"]["n_test"],
         "n_dev": summary["attention"]["n_train"],
         "llm_seconds": round(llm_seconds, 1),

@@ -7,7 +7,7 @@ rendering, requests, answers file) to that ideal — at most 1.1 is the target. 
 same run directory must send 0 requests (every answer from the cache). Answer tokens per utterance
 come from the responses' usage (the test server counts about 4 characters per token).
 
-    python bench/llm_throughput.py --windows 500 --latency 1.0 --concurrency 16
+    python bench/llm_throughput.py --fields 500 --latency 1.0 --concurrency 16
 """
 
 from __future__ import annotations
@@ -19,27 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from lantern.corpus.dialogue import Corpus, Dialogue, Utterance
-from lantern.corpus.native import corpus_fingerprint, save_corpus
-from lantern.labels import IEMOCAP6
-from lantern.llm.stage import LLMConfig, run_llm_stage
-from lantern.llm.testserver import running_test_server, server_stats
-from lantern.predictions import Prediction, write_predictions
-from lantern.rundir import RunDir
+from lantern.fields import FieldSpec
+from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.stage import run_llm_stage
+from lantern.testing.runs import make_corpus, make_run
+from lantern.testing.server import running_test_server, server_stats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm_throughput.json"
 STRIDE, T = 4, 3
 
 
-def dialogue_lengths(windows: int) -> list[int]:
-    """Dialogue lengths whose windows (ceil(n/s) + t - 1 each, all distinct) add up to ``windows``."""
+def dialogue_lengths(fields: int) -> list[int]:
+    """Dialogue lengths whose fields (ceil(n/s) + t - 1 each, all distinct) add up to ``fields``."""
     per_40 = math.ceil(40 / STRIDE) + T - 1
-    lengths = [40] * (windows // per_40)
-    rest = windows - len(lengths) * per_40
+    lengths = [40] * (fields // per_40)
+    rest = fields - len(lengths) * per_40
     if rest:
-        if rest < T:  # a dialogue has at least t windows: borrow from a full one
+        if rest < T:  # a dialogue has at least t fields: borrow from a full one
             lengths.pop()
             rest += per_40
         lengths.append(STRIDE * (rest - T + 1))
@@ -47,42 +43,25 @@ def dialogue_lengths(windows: int) -> list[int]:
 
 
 def build_run(root: Path, lengths: list[int], seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    dialogues = []
-    for j, n in enumerate(lengths):
-        utterances = [
-            Utterance(f"d{j}_u{i}", "AB"[i % 2], f"utterance {i} of dialogue {j}, said with feeling", i % 6)
-            for i in range(n)
-        ]
-        dialogues.append(Dialogue(f"d{j}", "test", utterances, {"t": np.zeros((n, 2), np.float32)}))
-    corpus = Corpus("bench", IEMOCAP6, dialogues, {"t": 2})
-    path = save_corpus(corpus, root / "corpus")
-    run = RunDir(root / "run")
-    run.set_corpus(path, corpus_fingerprint(path))
-    preds = []
-    for d in dialogues:
-        for u in d.utterances:
-            p = rng.random(6) + 0.05
-            preds.append(
-                Prediction(u.id, d.id, u.speaker, "test", u.label, (p / p.sum()).tolist(), [3.0, 3.0, 3.0])
-            )
-    write_predictions(run.predictions("test"), preds)
-    return run.root
+    """A run whose test split has one dialogue per length, with pretend vanilla predictions."""
+    corpus = make_corpus([("test", n) for n in lengths], seed=seed, name="bench")
+    return make_run(root, corpus, seed=seed).root
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=500)
+    parser.add_argument("--fields", type=int, default=500)
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per request at the server")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    lengths = dialogue_lengths(args.windows)
+    lengths = dialogue_lengths(args.fields)
     with tempfile.TemporaryDirectory() as tmp, running_test_server(latency=args.latency) as url:
         run = build_run(Path(tmp), lengths, args.seed)
-        config = LLMConfig(base_urls=[url + "/v1"], model="bench-model", concurrency=args.concurrency)
+        endpoint = Endpoint(base_urls=[url + "/v1"], model="bench-model", concurrency=args.concurrency)
+        config = LLMConfig(fields=FieldSpec(STRIDE, T), endpoint=endpoint)
         started = time.perf_counter()
         cold = run_llm_stage(run, config, ["test"], progress=False)
         cold_wall = time.perf_counter() - started
@@ -92,34 +71,34 @@ def main() -> None:
         warm_wall = time.perf_counter() - started
         warm_server_requests = server_stats(url)["chat_completions"] - server_requests
 
-    requests = cold["unique_requests"]
+    requests = cold.unique_requests
     ideal = math.ceil(requests / args.concurrency) * args.latency
-    answered_utterances = sum(lengths) * T  # every window is distinct: each utterance is answered t times
+    answered_utterances = sum(lengths) * T  # every field is distinct: each utterance is answered t times
     result = {
-        "windows": cold["windows"],
+        "fields": cold.fields,
         "unique_requests": requests,
         "latency_s": args.latency,
         "concurrency": args.concurrency,
         "ideal_wall_s": round(ideal, 3),
         "cold_wall_s": round(cold_wall, 3),
         "cold_ratio": round(cold_wall / ideal, 3),
-        "cold_requests_sent": cold["requests_sent"],
+        "cold_requests_sent": cold.requests_sent,
         "server_requests": server_requests,
         "warm_wall_s": round(warm_wall, 3),
-        "warm_requests_sent": warm["requests_sent"],
+        "warm_requests_sent": warm.requests_sent,
         "warm_server_requests": warm_server_requests,
-        "warm_cache_hits": warm["cache_hits"],
-        "completion_tokens": cold["completion_tokens"],
-        "prompt_tokens": cold["prompt_tokens"],
-        "answer_tokens_per_utterance": round(cold["completion_tokens"] / answered_utterances, 2),
-        "prompt_tokens_per_request": round(cold["prompt_tokens"] / requests, 1),
-        "fallback_rate": cold["fallback_rate"],
-        "token_counts": "test server: about 4 characters per token",
+        "warm_cache_hits": warm.cache_hits,
+        "completion_tokens": cold.completion_tokens,
+        "prompt_tokens": cold.prompt_tokens,
+        "answer_tokens_per_utterance": round(cold.completion_tokens / answered_utterances, 2),
+        "prompt_tokens_per_request": round(cold.prompt_tokens / requests, 1),
+        "fallback_rate": cold.fallback_rate,
+        "token_counts": "test server: the client's estimate, about 3 characters per token",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(
-        f"{result['windows']} windows, {requests} requests, "
+        f"{result['fields']} fields, {requests} requests, "
         f"latency {args.latency}s, concurrency {args.concurrency}\n"
         f"cold: {cold_wall:.2f}s vs ideal {ideal:.2f}s -> ratio {result['cold_ratio']:.3f} (target <= 1.1)\n"
         f"warm re-run: {warm['requests_sent']} requests sent ({warm_server_requests} at the server), "

@@ -13,7 +13,30 @@ class LanternError(ValueError):
     """Bad input or a refused operation, located; the message is complete on its own."""
 
 
+class CorpusError(LanternError):
+    """Bad input, located: the message names the file, dialogue and utterance where they apply."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        dialogue: str | None = None,
+        utterance: str | int | None = None,
+    ) -> None:
+        where = []
+        if file is not None:
+            where.append(f"file {file}")
+        if dialogue is not None:
+            where.append(f"dialogue {dialogue}")
+        if utterance is not None:
+            where.append(f"utterance {utterance}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.file, self.dialogue, self.utterance = file, dialogue, utterance
+
+
 class StageIncomplete(RuntimeError):
-    """A stage stopped short on purpose (a cost budget, an endpoint that gave up, windows left
+    """A stage stopped short on purpose (a cost budget, an endpoint that gave up, fields left
     unanswered): its partial work is kept, and running the same command again continues it.
     ``lantern`` exits with code 3."""

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from lantern.fusion import METHODS
+from lantern.errors import LanternError
+from lantern.fusion.methods import METHODS
 from lantern.metrics import classification_report, paired_bootstrap
 from lantern.predictions import Prediction, read_predictions
-from lantern.rundir import RunDir, read_json, write_json
+from lantern.rundir import LLMSettings, LLMStats, RunDir, write_json
 
-SIMULATED_MODEL = "simulated-llm"
 VANILLA = "vanilla"
 LANTERN = "attention"
 N_RESAMPLES = 1000
@@ -31,17 +31,35 @@ CALIBRATION_BINS = 15
 METRICS = ("accuracy", "weighted_f1")
 
 
-def seed_dirs(run_dir: str | Path) -> dict[str, Path]:
-    """Seed name → single-seed run directory (``{"seed-0": RUN_DIR}`` for a one-seed run)."""
-    root = Path(run_dir)
-    if (root / "vanilla").is_dir():
-        config = root / "vanilla" / "config.json"
-        seed = read_json(config).get("seed", 0) if config.exists() else 0
-        return {f"seed-{seed}": root}
-    found = {p.name: p for p in sorted(root.glob("seed-*")) if (p / "vanilla").is_dir()}
-    if not found:
-        raise FileNotFoundError(f"{root}: no vanilla/ and no seed-*/vanilla/ (nothing to evaluate)")
-    return found
+def score_predictions(path: Path, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """The classification report (metrics.classification_report) of one predictions file's labelled
+    utterances; ``classes`` names the label set (else the vanilla config beside the file, else
+    indices). ``unlabelled`` counts the utterances without a gold label."""
+    predictions = read_predictions(path)
+    labelled = [p for p in predictions if p.label is not None]
+    if not labelled:
+        raise LanternError(f"{path}: no prediction carries a gold label; nothing to evaluate")
+    n_classes = len(labelled[0].probs)
+    if classes is None:
+        classes = _class_names(path, n_classes)
+    gold = [p.label for p in labelled]
+    pred = [int(np.argmax(p.probs)) for p in labelled]
+    report = classification_report(gold, pred, classes)
+    report["source"] = str(path)
+    report["unlabelled"] = len(predictions) - len(labelled)
+    return report
+
+
+def _class_names(predictions_file: Path, n_classes: int) -> list[str]:
+    """Label names from the vanilla config beside a predictions file when there is one, else indices."""
+    from lantern.training import read_vanilla_meta
+
+    run = RunDir(predictions_file.parent.parent)
+    if predictions_file.parent == run.vanilla.dir and run.vanilla.config.is_file():
+        classes = list(read_vanilla_meta(run).labels.classes)
+        if len(classes) == n_classes:
+            return classes
+    return [str(i) for i in range(n_classes)]
 
 
 def calibration(probs: np.ndarray, gold: np.ndarray, n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
@@ -67,6 +85,15 @@ def calibration(probs: np.ndarray, gold: np.ndarray, n_bins: int = CALIBRATION_B
     return {"ece": round(100 * ece, 2), "bins": bins}
 
 
+def _label_set(run: RunDir, n_classes: int) -> dict[str, Any]:
+    """The run's label set as JSON (from the vanilla config; indices when there is none)."""
+    from lantern.training import read_vanilla_meta
+
+    if run.vanilla.config.exists():
+        return read_vanilla_meta(run).labels.to_json()
+    return {"name": "unnamed", "classes": [str(c) for c in range(n_classes)]}
+
+
 def _method_order(names: set[str]) -> list[str]:
     known = [m for m in METHODS if m in names]
     return known + sorted(names - set(known))
@@ -77,34 +104,35 @@ def _aligned(vanilla: list[Prediction], other: list[Prediction], path: Path) -> 
     by_id = {p.id: p.probs for p in other}
     missing = [p.id for p in vanilla if p.id not in by_id]
     if missing:
-        raise ValueError(f"{path}: no prediction for test utterance {missing[0]!r} ({len(missing)} missing)")
+        raise LanternError(
+            f"{path}: no prediction for test utterance {missing[0]!r} ({len(missing)} missing)"
+        )
     return np.array([by_id[p.id] for p in vanilla], dtype=np.float64)
 
 
-def _llm_summary(per_seed: dict[str, dict | None]) -> dict[str, Any]:
-    stats = [s for s in per_seed.values() if s]
-    if not stats:
+def _llm_summary(per_seed: dict[str, tuple[LLMSettings, LLMStats] | None]) -> dict[str, Any]:
+    found = [s for s in per_seed.values() if s]
+    if not found:
         return {"available": False, "simulated": False}
-    models = sorted({str(s.get("model")) for s in stats})
-    served = {m for s in stats for m in (s.get("served_models") or {})}
-
-    def total(key: str) -> float:
-        return float(sum(s.get(key) or 0 for s in stats))
-
+    settings = [s for s, _ in found]
+    stats = [s for _, s in found]
+    models = sorted({s.model for s in settings})
     return {
         "available": True,
         "model": models[0] if len(models) == 1 else models,
-        "simulated": SIMULATED_MODEL in models or SIMULATED_MODEL in served,
-        "fallback_rate": round(float(np.mean([s.get("fallback_rate") or 0.0 for s in stats])), 4),
-        "requests_sent": int(total("requests_sent")),
-        "cache_hits": int(total("cache_hits")),
-        "retries": int(total("retries")),
-        "prompt_tokens": int(total("prompt_tokens")),
-        "completion_tokens": int(total("completion_tokens")),
-        "cost_usd": round(total("cost_usd"), 4),
-        "wall_seconds": round(total("wall_seconds"), 1),
-        "t": stats[0].get("t"),
-        "stride": stats[0].get("stride"),
+        "simulated": any(s.simulated for s in settings),
+        "fallback_rate": round(float(np.mean([s.fallback_rate for s in stats])), 4),
+        "requests_sent": sum(s.requests_sent for s in stats),
+        "cache_hits": sum(s.cache_hits for s in stats),
+        "retries": sum(s.retries for s in stats),
+        "prompt_tokens": sum(s.prompt_tokens for s in stats),
+        "completion_tokens": sum(s.completion_tokens for s in stats),
+        "cost_usd": round(sum(s.cost_usd for s in stats), 4),
+        "wall_seconds": round(sum(s.wall_seconds for s in stats), 1),
+        "t": settings[0].t,
+        "stride": settings[0].stride,
+        "answer_format": settings[0].answer_format,
+        "template_version": settings[0].template_version,
     }
 
 
@@ -116,37 +144,36 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
 
 def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
     """Score every seed × method on test, summarise over seeds, write RUN_DIR/eval/metrics.json."""
-    root = Path(run_dir)
-    seeds = seed_dirs(root)
+    top = RunDir(run_dir)
+    seeds = top.seed_runs()
     labels: dict[str, Any] | None = None
     per_seed: dict[str, Any] = {}
     pooled: dict[str, dict[str, list]] = {}
-    llm_stats: dict[str, dict | None] = {}
-    for seed_name, path in seeds.items():
-        run = RunDir(path)
-        config_path = run.vanilla / "config.json"
-        seed_labels = read_json(config_path).get("label_set") if config_path.exists() else None
+    llm_stats: dict[str, tuple[LLMSettings, LLMStats] | None] = {}
+    for seed_name, run in seeds.items():
         test_path = run.predictions("test")
         if not test_path.exists():
             raise FileNotFoundError(f"{test_path}: missing (train the vanilla model first)")
         vanilla = [p for p in read_predictions(test_path) if p.label is not None]
         if not vanilla:
-            raise ValueError(f"{test_path}: no test utterance has a gold label")
+            raise LanternError(f"{test_path}: no test utterance has a gold label")
         n_classes = len(vanilla[0].probs)
-        if seed_labels is None:
-            seed_labels = {"name": "unnamed", "classes": [str(c) for c in range(n_classes)]}
+        seed_labels = _label_set(run, n_classes)
         if labels is None:
             labels = seed_labels
         elif seed_labels["classes"] != labels["classes"]:
-            raise ValueError(f"{config_path}: label set differs from the other seeds' ({labels['classes']})")
+            raise LanternError(
+                f"{run.vanilla.config}: label set differs from the other seeds' ({labels['classes']})"
+            )
         classes = labels["classes"]
         gold = np.array([p.label for p in vanilla])
         dialogues = [p.dialogue for p in vanilla]
         systems = {VANILLA: np.array([p.probs for p in vanilla], dtype=np.float64)}
-        for method_dir in sorted(run.fusion.glob("*/predictions-test.jsonl")) if run.fusion.is_dir() else []:
-            name = method_dir.parent.name
-            if name != VANILLA:
-                systems[name] = _aligned(vanilla, read_predictions(method_dir), method_dir)
+        for method in run.methods():
+            if method.name != VANILLA:
+                systems[method.name] = _aligned(
+                    vanilla, read_predictions(method.predictions), method.predictions
+                )
         predicted = {name: probs.argmax(axis=1) for name, probs in systems.items()}
         reports = {name: classification_report(gold, predicted[name], classes) for name in systems}
         for name, probs in systems.items():
@@ -171,8 +198,11 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
             entry["pred"].append(predicted[name])
             entry["vanilla"].append(predicted[VANILLA])
             entry["groups"] += dialogues
-        stats_path = run.llm / "stats.json"
-        llm_stats[seed_name] = read_json(stats_path) if stats_path.exists() else None
+        llm_stats[seed_name] = (
+            (LLMSettings.read(run.llm.settings), LLMStats.read(run.llm.stats))
+            if run.llm.settings.exists() and run.llm.stats.exists()
+            else None
+        )
 
     assert labels is not None
     methods = [VANILLA, *_method_order({m for s in per_seed.values() for m in s["methods"]} - {VANILLA})]
@@ -210,11 +240,14 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
         "vs_vanilla": vs_vanilla,
         "per_seed": per_seed,
         "llm": llm,
-        "llm_per_seed": llm_stats,
+        "llm_per_seed": {
+            name: None if found is None else {**found[0].to_json(), **found[1].to_json()}
+            for name, found in llm_stats.items()
+        },
         "bootstrap": {"n_resamples": n_resamples, "unit": "dialogue", "level": 0.95},
         "protocol": "fusion trained and tuned without test; test read once here",
     }
-    write_json(root / "eval" / "metrics.json", metrics)
+    write_json(top.eval_metrics, metrics)
     return metrics
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lantern.corpus.dialogue import CorpusError
-from lantern.corpus.jsonio import json_lines
+from lantern.jsonio import json_lines
 from lantern.rundir import atomic_write_text
 
 

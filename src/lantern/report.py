@@ -23,8 +23,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lantern.evaluation import METRICS, VANILLA, evaluate_run, seed_dirs
-from lantern.rundir import atomic_write_bytes, atomic_write_text, read_json
+from lantern.evaluation import METRICS, VANILLA, evaluate_run
+from lantern.rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json
 
 _SECRET_KEY = re.compile(
     r"(api[_-]?key|secret|password|passwd|authorization|bearer|credential|(^|_)token$)", re.I
@@ -136,14 +136,14 @@ def _per_class_plot(metrics: dict[str, Any], methods: list[str]) -> Figure:
     return fig
 
 
-def _attention_weights(run_dir: Path, methods: list[str]) -> dict[str, dict[str, float]]:
+def _attention_weights(run: RunDir, methods: list[str]) -> dict[str, dict[str, float]]:
     """Method → mean test weight per position key ("0".."t-1", "vanilla"), averaged over seeds."""
     out: dict[str, dict[str, float]] = {}
     for method in methods:
         runs = [
             read_json(p)["test"]
-            for d in seed_dirs(run_dir).values()
-            if (p := d / "fusion" / method / "attention.json").exists()
+            for seed_run in run.seed_runs().values()
+            if (p := seed_run.method(method).attention).exists()
         ]
         if runs:
             out[method] = {k: float(np.mean([r.get(k, 0.0) for r in runs])) for k in runs[0]}
@@ -221,22 +221,23 @@ def _results_rows(metrics: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
+def _run_config(run: RunDir) -> dict[str, Any]:
     configs = {}
-    for name, d in seed_dirs(run_dir).items():
-        if (d / "run.json").exists():
-            configs[name] = redact(read_json(d / "run.json"))
-    if (run_dir / "run.json").exists() and run_dir not in seed_dirs(run_dir).values():
-        configs["run"] = redact(read_json(run_dir / "run.json"))
+    seeds = run.seed_runs()
+    for name, seed_run in seeds.items():
+        if seed_run.run_json.exists():
+            configs[name] = redact(read_json(seed_run.run_json))
+    if run.run_json.exists() and not run.is_single_seed():
+        configs["run"] = redact(read_json(run.run_json))
     return configs
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Render RUN_DIR/report/index.html (+ the PNGs beside it); evaluates the run if not done yet."""
-    root = Path(run_dir)
-    metrics_path = root / "eval" / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.exists() else evaluate_run(root)
-    out = root / "report"
+    run = RunDir(run_dir)
+    root = run.root
+    metrics = read_json(run.eval_metrics) if run.eval_metrics.exists() else evaluate_run(root)
+    out = run.report_dir
     fused = [m for m in metrics["methods"] if m != VANILLA]
     lantern = (
         metrics.get("lantern_method")
@@ -251,7 +252,7 @@ def write_report(run_dir: str | Path) -> Path:
         ("confusion.png", "Confusion matrices (rows: gold)", _confusion_plot(metrics, compared)),
         ("per_class_f1.png", "Per-class F1", _per_class_plot(metrics, compared)),
     ]
-    weights = _attention_weights(root, fused)
+    weights = _attention_weights(run, fused)
     if weights:
         figures.append(
             ("attention.png", "Attention weight by receptive-field position", _attention_plot(weights))
@@ -314,10 +315,9 @@ def write_report(run_dir: str | Path) -> Path:
         ]
         parts.append(_table(["statistic", "value (summed over seeds; fallback rate averaged)"], rows))
     else:
-        parts.append("<p class='note'>No LLM statistics (llm/stats.json) in this run.</p>")
+        parts.append("<p class='note'>No LLM statistics in this run.</p>")
     parts.append("<h2>Configuration</h2>")
-    parts.append(f"<pre>{html.escape(json.dumps(_run_config(root), indent=2))}</pre>")
+    parts.append(f"<pre>{html.escape(json.dumps(_run_config(run), indent=2))}</pre>")
     parts.append("</body></html>\n")
-    index = out / "index.html"
-    atomic_write_text(index, "\n".join(parts))
-    return index
+    atomic_write_text(run.report_index, "\n".join(parts))
+    return run.report_index

@@ -1,4 +1,20 @@
-"""The run directory: stages hand over through files in it (see the README's "Run directory").
+"""The run directory: every path and file name of a run, and the typed records stages hand over.
+
+Stages talk to each other only through files here (RUNDIR.md), so this module is the one place that
+spells their names; every other module asks it::
+
+    RUN_DIR/run.json                      config, Lantern version, corpus, per stage its config hash
+    RUN_DIR/corpus/                       a corpus the pipeline generated or converted
+    RUN_DIR/seed-<s>/                     one single-seed run per vanilla seed (pipeline runs)
+    <single-seed run>/vanilla/            config.json, model.safetensors, metrics.json,
+                                          predictions-{train,dev,test}.jsonl, crossfit/
+    <single-seed run>/llm/                cache.sqlite, config.json, stats.json, answers-<split>.jsonl
+    <single-seed run>/fusion/<method>/    config.json, model.safetensors, predictions-test.jsonl,
+                                          attention.json
+    <single-seed run>/annotations/<name>/ a small run per annotated input file
+    <single-seed run>/ablations/<variant>/
+    RUN_DIR/eval/metrics.json             every method × seed
+    RUN_DIR/report/index.html + *.png
 
 Resuming is safe because every file is written under a temporary name and renamed when complete,
 and a stage records the hash of the configuration it ran with once all its outputs exist.
@@ -10,13 +26,20 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lantern import __version__
+from lantern.errors import LanternError
+from lantern.jsonio import read_json
 
 RUN_JSON = "run.json"
+SEED_PREFIX = "seed-"
+# The model name the project's simulation server answers with: runs whose answers carry it are
+# labelled "simulated" in every table, report and bench output.
+SIMULATED_MODEL = "simulated-llm"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -29,6 +52,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private; a run's files follow the user's umask like any other.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,57 +71,227 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def config_hash(config: Any) -> str:
     """A stable hash of a JSON-able configuration (key order does not matter)."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): what a later stage checks its inputs by."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# The files of each stage
+
+
+@dataclass(frozen=True)
+class VanillaFiles:
+    """``<run>/vanilla/``: the trained model, its training record and its predictions."""
+
+    dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"
+
+    def predictions(self, split: str) -> Path:
+        return self.dir / f"predictions-{split}.jsonl"
+
+    @property
+    def crossfit_predictions(self) -> Path:
+        """Training-split predictions, each fold from a model that did not see it."""
+        return self.dir / "crossfit" / "predictions-train.jsonl"
+
+    @property
+    def crossfit_folds(self) -> Path:
+        return self.dir / "crossfit" / "folds.json"
+
+
+@dataclass(frozen=True)
+class LLMFiles:
+    """``<run>/llm/``: the response cache, the settings the answers were made with, their figures."""
+
+    dir: Path
+
+    @property
+    def cache(self) -> Path:
+        return self.dir / "cache.sqlite"
+
+    @property
+    def settings(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def stats(self) -> Path:
+        return self.dir / "stats.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / ".lock"
+
+    @property
+    def server_log(self) -> Path:
+        return self.dir / "server.log"
+
+    def answers(self, split: str) -> Path:
+        return self.dir / f"answers-{split}.jsonl"
+
+
+@dataclass(frozen=True)
+class MethodFiles:
+    """``<run>/fusion/<method>/``: a fitted fusion method and its test predictions."""
+
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model.safetensors"
+
+    @property
+    def predictions(self) -> Path:
+        return self.dir / "predictions-test.jsonl"
+
+    @property
+    def attention(self) -> Path:
+        return self.dir / "attention.json"
+
+
 class RunDir:
-    """Paths and stage bookkeeping of one run directory."""
+    """Paths and stage bookkeeping of one run directory (single-seed or the top of a pipeline run)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    @property
-    def vanilla(self) -> Path:
-        return self.root / "vanilla"
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # ----- stages of a single-seed run
 
     @property
-    def llm(self) -> Path:
-        return self.root / "llm"
+    def vanilla(self) -> VanillaFiles:
+        return VanillaFiles(self.root / "vanilla")
+
+    @property
+    def llm(self) -> LLMFiles:
+        return LLMFiles(self.root / "llm")
 
     @property
     def fusion(self) -> Path:
         return self.root / "fusion"
 
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
+    def method(self, name: str) -> MethodFiles:
+        return MethodFiles(self.fusion / name)
 
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
+    def methods(self) -> list[MethodFiles]:
+        """Fusion methods with test predictions, in name order."""
+        if not self.fusion.is_dir():
+            return []
+        return [m for m in (MethodFiles(p) for p in sorted(self.fusion.iterdir())) if m.predictions.exists()]
 
     def predictions(self, split: str) -> Path:
-        return self.vanilla / f"predictions-{split}.jsonl"
+        return self.vanilla.predictions(split)
 
     def answers(self, split: str) -> Path:
-        return self.llm / f"answers-{split}.jsonl"
+        return self.llm.answers(split)
+
+    def annotation(self, name: str) -> RunDir:
+        return RunDir(self.root / "annotations" / name)
+
+    @property
+    def ablations(self) -> Path:
+        return self.root / "ablations"
+
+    def ablation(self, variant: str) -> RunDir:
+        return RunDir(self.ablations / variant.replace("=", "-"))
+
+    @property
+    def ablation_table(self) -> tuple[Path, Path]:
+        """(markdown, csv) of ``lantern ablate``."""
+        return self.ablations / "ablation.md", self.ablations / "ablation.csv"
+
+    # ----- the top of a run
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / RUN_JSON
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.root / "eval" / "metrics.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_index(self) -> Path:
+        return self.report_dir / "index.html"
+
+    def seed(self, seed: int) -> RunDir:
+        return RunDir(self.root / f"{SEED_PREFIX}{seed}")
+
+    def is_single_seed(self) -> bool:
+        return self.vanilla.dir.is_dir()
+
+    def seed_runs(self) -> dict[str, RunDir]:
+        """Seed name → single-seed run: ``{"seed-<s>": self}`` for a single-seed run (its seed read
+        from the vanilla config), else every ``seed-*`` directory with a vanilla model, in order."""
+        if self.is_single_seed():
+            seed = 0
+            if self.vanilla.config.exists():
+                seed = int(read_json(self.vanilla.config).get("seed", 0))
+            return {f"{SEED_PREFIX}{seed}": self}
+        found = {
+            p.name: RunDir(p)
+            for p in sorted(self.root.glob(f"{SEED_PREFIX}*"), key=_seed_order)
+            if (p / "vanilla").is_dir()
+        }
+        if not found:
+            raise FileNotFoundError(
+                f"{self.root}: no trained model here (neither vanilla/ nor seed-*/vanilla/)"
+            )
+        return found
+
+    def first_seed_run(self) -> RunDir:
+        """The run itself when single-seed, else its first seed's run (what annotate and ablate use)."""
+        return next(iter(self.seed_runs().values()))
+
+    # ----- run.json
 
     def load(self) -> dict:
         """run.json, or an empty record for a new run."""
-        path = self.root / RUN_JSON
-        if path.exists():
-            return read_json(path)
+        if self.run_json.exists():
+            return read_json(self.run_json)
         return {"lantern_version": __version__, "created": _now(), "stages": {}}
 
     def save(self, record: dict) -> None:
-        write_json(self.root / RUN_JSON, record)
+        write_json(self.run_json, record)
 
     def set_corpus(self, path: str | Path, fingerprint: str) -> None:
         """Record the corpus a run was trained on, so later stages find transcripts unaided."""
@@ -102,13 +299,14 @@ class RunDir:
         record["corpus"] = {"path": str(Path(path).resolve()), "fingerprint": fingerprint}
         self.save(record)
 
-    def corpus_path(self) -> Path:
+    def corpus_record(self) -> dict:
         record = self.load()
         if "corpus" not in record:
-            raise FileNotFoundError(
-                f"{self.root / RUN_JSON}: the run records no corpus (run `lantern train` first)"
-            )
-        return Path(record["corpus"]["path"])
+            raise FileNotFoundError(f"{self.run_json}: the run records no corpus (run `lantern train` first)")
+        return dict(record["corpus"])
+
+    def corpus_path(self) -> Path:
+        return Path(self.corpus_record()["path"])
 
     def stage_done(self, stage: str, config: Any, outputs: list[Path]) -> bool:
         """True when ``stage`` last finished with this exact config and all its outputs exist."""
@@ -131,5 +329,185 @@ class RunDir:
         self.save(record)
 
 
+def _seed_order(path: Path) -> tuple[int, str]:
+    suffix = path.name.removeprefix(SEED_PREFIX)
+    return (int(suffix), "") if suffix.lstrip("-").isdigit() else (1 << 62, suffix)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed records of the LLM stage
+
+
+@dataclass
+class LLMSettings:
+    """``llm/config.json``: what the answers were made with, so later stages and reruns can check.
+
+    Never a key or URL credentials: the endpoint is recorded by kind and model name only.
+    ``splits`` maps each answered split to the hashes of the vanilla predictions its prompts were
+    built from and of the answers file written (:meth:`check` refuses anything else).
+    """
+
+    model: str
+    server_kind: str
+    response_format: str
+    stride: int
+    t: int
+    template: str
+    template_version: str
+    answer_format: str
+    include_probs: bool
+    include_vad: bool
+    splits: dict[str, dict[str, str]] = field(default_factory=dict)
+    served_models: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LLMSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def read(cls, path: Path) -> LLMSettings:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: the run has no LLM stage yet (run `lantern prompt` first)")
+        data = read_json(path)
+        try:
+            return cls.from_json(data)
+        except TypeError as exc:
+            raise LanternError(f"{path}: not an LLM settings record ({exc})") from None
+
+    @property
+    def simulated(self) -> bool:
+        return SIMULATED_MODEL in {self.model, *self.served_models}
+
+    def check(self, split: str, predictions: Path, answers: Path) -> None:
+        """Refuse a split's answers unless they are the ones this stage wrote, prompted with exactly
+        ``predictions`` (stale answers from an older model or other settings are never fused)."""
+        entry = self.splits.get(split)
+        if entry is None:
+            raise LanternError(
+                f"{answers}: not made with the current LLM settings (stride {self.stride}, t {self.t}, "
+                f"{self.template_version}); run `lantern prompt` for the {split} split again"
+            )
+        if not answers.exists() or file_hash(answers) != entry.get("answers"):
+            raise LanternError(f"{answers}: changed since the LLM stage wrote it; run `lantern prompt` again")
+        if not predictions.exists() or file_hash(predictions) != entry.get("predictions"):
+            raise LanternError(
+                f"{answers}: prompted with other vanilla predictions than {predictions} (the model was "
+                "retrained or the file changed); run `lantern prompt` again"
+            )
+
+
+@dataclass
+class SplitStats:
+    """One split's figures: fields asked, distinct requests, utterance answers and their fallbacks."""
+
+    fields: int = 0
+    fields_unanswered: int = 0
+    unique_requests: int = 0
+    utterance_answers: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fallback_rate(self) -> float:
+        return sum(self.fallbacks.values()) / self.utterance_answers if self.utterance_answers else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "fallback_rate": self.fallback_rate}
+
+
+@dataclass
+class LLMStats:
+    """``llm/stats.json``: the figures of the last LLM stage run (settings live in :class:`LLMSettings`).
+
+    ``requests_sent`` counts HTTP attempts (retries included); ``cache_hits`` answers read from the
+    cache; ``fallback_rate`` is the share of utterance answers that fell back to vanilla.
+    """
+
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    requests_sent: int = 0
+    requests_per_replica: list[int] = field(default_factory=list)
+    requests_unanswered: int = 0
+    max_in_flight: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    answer_retries: int = 0
+    transport_errors: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_estimated: bool = False
+    cost_usd: float = 0.0
+    max_cost: float | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def fields(self) -> int:
+        return sum(s.fields for s in self.splits.values())
+
+    @property
+    def fields_unanswered(self) -> int:
+        return sum(s.fields_unanswered for s in self.splits.values())
+
+    @property
+    def unique_requests(self) -> int:
+        return sum(s.unique_requests for s in self.splits.values())
+
+    @property
+    def utterance_answers(self) -> int:
+        return sum(s.utterance_answers for s in self.splits.values())
+
+    @property
+    def fallbacks(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for s in self.splits.values():
+            for reason, n in s.fallbacks.items():
+                total[reason] = total.get(reason, 0) + n
+        return dict(sorted(total.items()))
+
+    @property
+    def fallback_rate(self) -> float:
+        n = self.utterance_answers
+        return sum(self.fallbacks.values()) / n if n else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.fields_unanswered == 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["splits"] = {name: s.to_json() for name, s in self.splits.items()}
+        data.update(
+            fields=self.fields,
+            fields_unanswered=self.fields_unanswered,
+            unique_requests=self.unique_requests,
+            utterance_answers=self.utterance_answers,
+            fallbacks=self.fallbacks,
+            fallback_rate=self.fallback_rate,
+            complete=self.complete,
+        )
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LLMStats:
+        split_keys = {f.name for f in fields(SplitStats)}
+        known = {f.name for f in fields(cls)} - {"splits"}
+        return cls(
+            splits={
+                name: SplitStats(**{k: v for k, v in s.items() if k in split_keys})
+                for name, s in data.get("splits", {}).items()
+            },
+            **{k: v for k, v in data.items() if k in known},
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> LLMStats:
+        try:
+            return cls.from_json(read_json(path))
+        except (TypeError, AttributeError) as exc:
+            raise LanternError(f"{path}: not an LLM statistics record ({exc})") from None

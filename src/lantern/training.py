@@ -29,22 +29,17 @@ from tqdm.auto import tqdm
 
 from lantern import __version__
 from lantern.corpus.dialogue import SPLITS, Corpus, Dialogue
-from lantern.corpus.jsonio import read_json
 from lantern.errors import LanternError
+from lantern.jsonio import read_json
 from lantern.labels import IEMOCAP6, LabelSet
 from lantern.metrics import classification_report
 from lantern.models.batch import IGNORE_LABEL, collate, vad_from_unit
 from lantern.models.heads import masked_vad_loss
 from lantern.models.registry import build_model, config_for_corpus, parameter_summary, speaker_vocabulary
 from lantern.predictions import Prediction, write_predictions
-from lantern.rundir import RunDir, atomic_write_bytes, write_json
+from lantern.rundir import RunDir, VanillaFiles, atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-CROSSFIT_DIR = "crossfit"
 
 # Published IEMOCAP 6-way training priors (DATA.md); SDT weights its NLL by their inverses.
 IEMOCAP6_PRIORS = (0.0867, 0.1444, 0.2279, 0.1606, 0.1277, 0.2527)
@@ -76,15 +71,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.bucket_batches < 1:
-            raise ValueError("epochs, batch size and bucket_batches must be >= 1")
+            raise LanternError("epochs, batch size and bucket_batches must be >= 1")
         if self.lr <= 0 or self.lambda_vad < 0:
-            raise ValueError(f"need lr > 0 and lambda_vad >= 0, got {self.lr}, {self.lambda_vad}")
+            raise LanternError(f"need lr > 0 and lambda_vad >= 0, got {self.lr}, {self.lambda_vad}")
         if self.scheduler not in ("none", "plateau"):
-            raise ValueError(f"scheduler must be 'none' or 'plateau', got {self.scheduler!r}")
+            raise LanternError(f"scheduler must be 'none' or 'plateau', got {self.scheduler!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise LanternError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.class_weights not in ("none", "inverse_prior"):
-            raise ValueError(f"class_weights must be 'none' or 'inverse_prior', got {self.class_weights!r}")
+            raise LanternError(f"class_weights must be 'none' or 'inverse_prior', got {self.class_weights!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -120,11 +115,11 @@ def default_preset(model_name: str, labels: LabelSet) -> str:
 def make_train_config(preset: str, **overrides: Any) -> TrainConfig:
     """A preset with overrides applied; overrides that are None leave the preset's value."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise LanternError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown training options {unknown}")
+        raise LanternError(f"unknown training options {unknown}")
     values = {**PRESETS[preset], "preset": preset}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**copy.deepcopy(values))
@@ -300,9 +295,9 @@ def fit(
     A NaN/inf training loss, dev loss or weight stops training with a LanternError (naming the
     dialogue when a feature value is to blame), so that no caller ever saves a NaN model."""
     if not train:
-        raise ValueError("the corpus has no training dialogues")
+        raise LanternError("the corpus has no training dialogues")
     if not dev:
-        raise ValueError("the corpus has no dev dialogues: model selection needs a dev split")
+        raise LanternError("the corpus has no dev dialogues: model selection needs a dev split")
     device = resolve_device(config.device)
     model.to(device)
     torch.manual_seed(config.seed)
@@ -417,22 +412,22 @@ class CheckpointMeta:
         """The inverse of ``to_json``; ValueError naming the first key that is missing or holds
         the wrong type (config.json is a file people can edit)."""
         if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            raise LanternError(f"expected a JSON object, got {type(data).__name__}")
 
         def get(key: str, kind: type | tuple[type, ...], what: str, default: Any = ...) -> Any:
             if key not in data:
                 if default is ...:
-                    raise ValueError(f"missing key {key!r}")
+                    raise LanternError(f"missing key {key!r}")
                 return default
             value = data[key]
             if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-                raise ValueError(f"{key!r} must be {what}, got a {type(value).__name__}")
+                raise LanternError(f"{key!r} must be {what}, got a {type(value).__name__}")
             return value
 
         def counts(key: str) -> dict[str, int]:
             table = get(key, dict, "an object of names to integers")
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in table.values()):
-                raise ValueError(f"{key!r} must map names to integers")
+                raise LanternError(f"{key!r} must map names to integers")
             return dict(table)
 
         label_set = get("label_set", dict, "an object with 'name' and 'classes'")
@@ -440,7 +435,7 @@ class CheckpointMeta:
         if not isinstance(label_set.get("name"), str) or not (
             isinstance(classes, list) and all(isinstance(c, str) for c in classes)
         ):
-            raise ValueError("'label_set' must hold a 'name' and a list of class names 'classes'")
+            raise LanternError("'label_set' must hold a 'name' and a list of class names 'classes'")
         return cls(
             model=get("model", str, "a model name"),
             model_config=get("model_config", dict, "an object"),
@@ -457,10 +452,10 @@ class CheckpointMeta:
 
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: CheckpointMeta) -> None:
     """model.safetensors (the state dict) + config.json, each written atomically."""
-    directory = Path(directory)
+    files = VanillaFiles(Path(directory))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / MODEL_FILE, safetensors.torch.save(state))
-    write_json(directory / CONFIG_FILE, meta.to_json())
+    atomic_write_bytes(files.model, safetensors.torch.save(state))
+    write_json(files.config, meta.to_json())
 
 
 def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -487,7 +482,7 @@ def _check_tensors(path: Path, got: dict[str, tuple[int, ...]], expected: dict[s
             else f"tensor {wrong[0]!r} is {list(got[wrong[0]])}, the model's is {list(expected[wrong[0]])}"
         )
         raise LanternError(
-            f"file {path}: the weights are not those of the model {CONFIG_FILE} describes: {problem}"
+            f"file {path}: the weights are not those of the model config.json describes: {problem}"
         )
 
 
@@ -500,8 +495,8 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[nn.Modu
     model is first built on the "meta" device (no memory), so an edited size cannot allocate more
     than the weights file holds.
     """
-    directory = Path(directory)
-    config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
+    files = VanillaFiles(Path(directory))
+    config_path, model_path = files.config, files.model
     for path in (config_path, model_path):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no trained model here (run `lantern train` first)")
@@ -540,7 +535,7 @@ def _check_features(meta: CheckpointMeta, dialogues: Sequence[Dialogue]) -> None
             x = d.features.get(m)
             if x is None or x.ndim != 2 or x.shape[1] != width:
                 got = None if x is None else tuple(x.shape)
-                raise ValueError(
+                raise LanternError(
                     f"dialogue {d.id}: the model reads modality {m!r} of width {width}, got {got}"
                 )
 
@@ -632,7 +627,7 @@ def _train_one(
 def crossfit_folds(dialogues: Sequence[Dialogue], k: int, seed: int) -> list[list[Dialogue]]:
     """K disjoint folds covering ``dialogues`` (a seeded permutation dealt round-robin)."""
     if not 2 <= k <= len(dialogues):
-        raise ValueError(f"cross-fitting needs 2 <= K <= {len(dialogues)} training dialogues, got K = {k}")
+        raise LanternError(f"cross-fitting needs 2 <= K <= {len(dialogues)} training dialogues, got K = {k}")
     order = torch.randperm(len(dialogues), generator=torch.Generator().manual_seed(seed)).tolist()
     return [[dialogues[i] for i in order[f::k]] for f in range(k)]
 
@@ -684,12 +679,12 @@ def train_run(
         run.set_corpus(corpus, fingerprint)
     config = make_train_config(preset or default_preset(model_name, data.labels), **overrides)
     if config.model is not None and config.model != model_name:
-        raise ValueError(f"preset {config.preset!r} is the recipe of {config.model}, not {model_name}")
+        raise LanternError(f"preset {config.preset!r} is the recipe of {config.model}, not {model_name}")
     model, meta, result = _train_one(
         model_name, data, data.split("train"), data.split("dev"), config, fingerprint
     )
-    save_checkpoint(run.vanilla, model, meta)
-    write_json(run.vanilla / METRICS_FILE, result.to_json())
+    save_checkpoint(run.vanilla.dir, model, meta)
+    write_json(run.vanilla.metrics, result.to_json())
     for split in SPLITS:
         write_predictions(run.predictions(split), predict(model, meta, data.split(split), config.device))
     summary = {
@@ -698,11 +693,19 @@ def train_run(
         "best_epoch": result.best_epoch,
         "dev": {k: result.best_dev[k] for k in ("accuracy", "weighted_f1")},
         "parameters": meta.parameters,
-        "vanilla_dir": str(run.vanilla),
+        "vanilla_dir": str(run.vanilla.dir),
     }
     if crossfit:
         predictions, record = crossfit_predictions(model_name, data, config, crossfit)
-        write_predictions(run.vanilla / CROSSFIT_DIR / "predictions-train.jsonl", predictions)
-        write_json(run.vanilla / CROSSFIT_DIR / "folds.json", record)
-        summary["crossfit"] = str(run.vanilla / CROSSFIT_DIR)
+        write_predictions(run.vanilla.crossfit_predictions, predictions)
+        write_json(run.vanilla.crossfit_folds, record)
+        summary["crossfit"] = str(run.vanilla.crossfit_predictions.parent)
     return summary
+
+
+def read_vanilla_meta(run: RunDir) -> CheckpointMeta:
+    """The vanilla model's record (``config.json`` beside the weights) of a single-seed run."""
+    path = run.vanilla.config
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no trained model here (run `lantern train` first)")
+    return CheckpointMeta.from_json(read_json(path))

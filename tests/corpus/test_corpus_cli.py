@@ -10,10 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus_fixtures import cogmen_tuple, corect_dict, dialogue_tables, dump_pickle, write_emoeval
 
 from lantern.cli import main
 from lantern.corpus import load_corpus
+from tests.corpus.corpus_fixtures import (
+    cogmen_tuple,
+    corect_dict,
+    dialogue_tables,
+    dump_pickle,
+    write_emoeval,
+)
 
 
 @pytest.fixture

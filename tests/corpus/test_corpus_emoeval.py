@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle, write_emoeval
 
 from lantern.corpus.cogmen import read_cogmen
 from lantern.corpus.dialogue import CorpusError
 from lantern.corpus.emoeval import join_vad, read_emoeval
+from tests.corpus.corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle, write_emoeval
 
 
 def test_read_emoeval_parses_headers_and_skips_evaluator_lines(tmp_path):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from corpus_fixtures import emoeval_turn, small_corpus
 
 from lantern.cli import main
 from lantern.corpus import CorpusError, load_corpus, save_corpus
 from lantern.corpus.emoeval import read_emoeval
 from lantern.corpus.jsonl import read_jsonl
 from lantern.predictions import Prediction, read_predictions, write_predictions
+from tests.corpus.corpus_fixtures import emoeval_turn, small_corpus
 
 DIALOGUE = {
     "id": "call-1",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from corpus_fixtures import cogmen_tuple, corect_dict, dialogue_tables, dump_pickle, sdt_tuple
 
 from lantern.corpus.cogmen import read_cogmen
 from lantern.corpus.corect import read_corect
 from lantern.corpus.dialogue import CorpusError
 from lantern.corpus.sdt import read_sdt_iemocap, read_sdt_meld
 from lantern.corpus.unpickle import RefusedGlobalError
+from tests.corpus.corpus_fixtures import cogmen_tuple, corect_dict, dialogue_tables, dump_pickle, sdt_tuple
 
 
 def test_cogmen_python2_file_reads_every_field(tmp_path):

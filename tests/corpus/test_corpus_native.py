@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from corpus_fixtures import small_corpus
 
 from lantern.corpus import CorpusError, corpus_fingerprint, load_corpus, save_corpus
+from tests.corpus.corpus_fixtures import small_corpus
 
 
 def _assert_same(a, b):

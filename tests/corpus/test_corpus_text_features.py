@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from corpus_fixtures import small_corpus
 
 import lantern.corpus.text_features as text_features
 from lantern.corpus import load_corpus, save_corpus
 from lantern.corpus.example import generate_example
 from lantern.corpus.jsonl import read_jsonl
 from lantern.corpus.text_features import MODEL_NAME, add_text_features, embed_texts
+from tests.corpus.corpus_fixtures import small_corpus
 
 
 def test_minilm_offline_for_jsonl_and_example(tmp_path, monkeypatch):

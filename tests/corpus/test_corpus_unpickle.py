@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus_fixtures import dump_pickle
 
 import lantern
 from lantern.corpus.dialogue import CorpusError
 from lantern.corpus.unpickle import RefusedGlobalError, load_pickle
+from tests.corpus.corpus_fixtures import dump_pickle
 
 
 class _Touch:

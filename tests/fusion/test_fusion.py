@@ -6,18 +6,41 @@ import json
 
 import numpy as np
 import pytest
-from fusion_synth import make_answers, make_predictions, make_run
 
-from lantern import fusion
-from lantern.fusion import METHODS, FusionMethod, build_inputs, fuse_run
-from lantern.llm.answers import UtteranceAnswer, WindowAnswer
+from lantern.answers import FieldAnswer, UtteranceAnswer
+from lantern.fields import FieldSpec
+from lantern.fusion import METHODS, FusionMethod, SearchCV, build_inputs, crossval, fuse_run, make_method
 from lantern.predictions import read_predictions
+from lantern.rundir import RunDir
+from lantern.testing.runs import (
+    dialogue_sizes,
+    make_corpus,
+    make_run,
+    synthetic_answers,
+    vanilla_predictions,
+    write_answers,
+)
 
 FAST = {"hidden_sizes": [8], "weight_decays": [1e-2], "epoch_grid": [60, 150], "folds": 3}
 
 
 def fast(name: str) -> dict:
     return FAST if METHODS[name].trained else {}
+
+
+def fitted(name: str, inputs, *, seed: int = 0, **params):
+    """A method fitted the way the fusion stage fits it (trained ones through their search)."""
+    return make_method(name, seed=seed, params={**fast(name), **params}).fit(inputs)
+
+
+def make_predictions(rng, split: str, *, n_dialogues: int, length=(8, 20), with_vad: bool = True):
+    seed = int(rng.integers(1 << 30))
+    corpus = make_corpus(dialogue_sizes({split: n_dialogues}, length, seed=seed), seed=seed)
+    return vanilla_predictions(corpus, split, seed=seed, vad=with_vad)
+
+
+def make_answers(rng, preds, *, t: int = 3, stride: int = 4, **kwargs):
+    return synthetic_answers(preds, spec=FieldSpec(stride, t), rng=rng, **kwargs)
 
 
 def world(seed: int = 0, *, n_dev: int = 16, n_test: int = 16, **answer_kwargs):
@@ -33,15 +56,22 @@ def accuracy(model: FusionMethod, inputs) -> float:
     return float((model.predict(inputs) == inputs.labels).mean())
 
 
+def make_fused_run(root, *, n_dev: int, n_test: int, spec: FieldSpec | None = None) -> RunDir:
+    corpus = make_corpus(dialogue_sizes({"dev": n_dev, "test": n_test}, (8, 20)))
+    run = make_run(root, corpus)
+    write_answers(run, spec=spec)
+    return run
+
+
 # ---- build_inputs ---------------------------------------------------------------------------
 
 
 def test_build_inputs_orders_candidates_by_position_and_rescales_vad():
     rng = np.random.default_rng(1)
     preds = make_predictions(rng, "dev", n_dialogues=2)
-    windows = make_answers(rng, preds, t=3, stride=2)
+    answers = make_answers(rng, preds, t=3, stride=2)
     shuffled = [
-        WindowAnswer(w.dialogue, w.start, w.stop, list(reversed(w.utterances))) for w in reversed(windows)
+        FieldAnswer(w.dialogue, w.start, w.stop, list(reversed(w.utterances))) for w in reversed(answers)
     ]
     x = build_inputs(preds, shuffled, 3)
     assert x.q.shape == (len(preds), 3, 6) and x.p.shape == (len(preds), 6)
@@ -54,7 +84,7 @@ def test_build_inputs_orders_candidates_by_position_and_rescales_vad():
         start = max(0, 2 * k)
         answer = next(
             u
-            for w in windows
+            for w in answers
             if w.dialogue == preds[5].dialogue and w.start == start
             for u in w.utterances
             if u.id == preds[5].id
@@ -70,13 +100,16 @@ def test_build_inputs_without_vad_gives_zeros_and_flag():
     assert not x.has_vad and (x.d == 0).all()
 
 
-def test_build_inputs_fallback_answers_carry_vanilla_and_are_flagged():
+def test_build_inputs_fallback_answers_carry_vanilla():
     rng = np.random.default_rng(3)
     preds = make_predictions(rng, "dev", n_dialogues=3)
-    x = build_inputs(preds, make_answers(rng, preds, fallback_rate=0.5), 3)
-    assert 0 < x.ok.mean() < 1
-    i, k = np.argwhere(~x.ok)[0]
-    np.testing.assert_allclose(x.q[i, k], x.p[i])
+    answers = make_answers(rng, preds, fallback_rate=0.5)
+    x = build_inputs(preds, answers, 3)
+    row = {p.id: i for i, p in enumerate(preds)}
+    fell_back = [(row[u.id], u.b) for a in answers for u in a.utterances if u.status == "fallback"]
+    assert 0 < len(fell_back) < x.n * 3
+    for i, b in fell_back:
+        np.testing.assert_allclose(x.q[i, b], x.p[i])
 
 
 def _one_dialogue():
@@ -86,34 +119,34 @@ def _one_dialogue():
 
 
 def test_build_inputs_missing_answer_names_the_utterance():
-    preds, windows = _one_dialogue()
-    windows[0].utterances = windows[0].utterances[1:]
+    preds, answers = _one_dialogue()
+    answers[0].utterances = answers[0].utterances[1:]
     with pytest.raises(ValueError, match=rf"{preds[0].id}.*expected exactly t=3"):
-        build_inputs(preds, windows, 3)
+        build_inputs(preds, answers, 3)
 
 
 def test_build_inputs_duplicate_position_names_the_utterance():
-    preds, windows = _one_dialogue()
-    extra = windows[-1].utterances[-1]
-    windows[-1].utterances.append(UtteranceAnswer(extra.id, extra.b, extra.r, extra.probs))
+    preds, answers = _one_dialogue()
+    extra = answers[-1].utterances[-1]
+    answers[-1].utterances.append(UtteranceAnswer(extra.id, extra.b, extra.r, extra.probs))
     with pytest.raises(ValueError, match=extra.id):
-        build_inputs(preds, windows, 3)
+        build_inputs(preds, answers, 3)
 
 
 def test_build_inputs_wrong_t_and_unknown_utterance():
-    preds, windows = _one_dialogue()
+    preds, answers = _one_dialogue()
     with pytest.raises(ValueError, match="expected exactly t=2"):
-        build_inputs(preds, windows, 2)
-    windows[0].utterances.append(UtteranceAnswer("ghost", 0, 0, [1.0] * 6))
+        build_inputs(preds, answers, 2)
+    answers[0].utterances.append(UtteranceAnswer("ghost", 0, 0, [1.0] * 6))
     with pytest.raises(ValueError, match=r"'ghost'.*no vanilla prediction"):
-        build_inputs(preds, windows, 3)
+        build_inputs(preds, answers, 3)
 
 
 def test_build_inputs_class_count_mismatch():
-    preds, windows = _one_dialogue()
-    windows[1].utterances[0].probs = [0.5, 0.5]
+    preds, answers = _one_dialogue()
+    answers[1].utterances[0].probs = [0.5, 0.5]
     with pytest.raises(ValueError, match="has 2 classes, expected 6"):
-        build_inputs(preds, windows, 3)
+        build_inputs(preds, answers, 3)
 
 
 # ---- methods --------------------------------------------------------------------------------
@@ -121,14 +154,14 @@ def test_build_inputs_class_count_mismatch():
 
 @pytest.fixture(scope="module")
 def reliable_last():
-    """Answers at the window's last offsets are reliable (0.95), the first ones poor (0.3)."""
+    """Answers at the field's last offsets are reliable (0.95), the first ones poor (0.3)."""
     return world(5, accuracy=lambda b, r: 0.3 + 0.65 * r / 11)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_gives_distributions_and_roundtrips(name, reliable_last, tmp_path):
     dev, test = reliable_last
-    model = METHODS[name](seed=0, **fast(name)).fit(dev)
+    model = fitted(name, dev)
     probs = model.predict_proba(test)
     assert probs.shape == (test.n, test.n_classes)
     assert np.isfinite(probs).all() and (probs >= 0).all()
@@ -157,88 +190,94 @@ def test_unfitted_or_mismatched_inputs_are_refused(reliable_last):
     model = METHODS["uniform"]().fit(dev)
     narrow = dev.subset(range(5))
     narrow.q = narrow.q[:, :2]
-    narrow.b, narrow.r, narrow.ok = narrow.b[:, :2], narrow.r[:, :2], narrow.ok[:, :2]
+    narrow.b, narrow.r, narrow.future = narrow.b[:, :2], narrow.r[:, :2], narrow.future[:, :2]
     with pytest.raises(ValueError, match="fitted for t=3"):
         model.predict_proba(narrow)
 
 
 def test_training_is_deterministic_with_a_seed(reliable_last):
     dev, test = reliable_last
-    a = METHODS["attention"](seed=3, **FAST).fit(dev).predict_proba(test)
-    b = METHODS["attention"](seed=3, **FAST).fit(dev).predict_proba(test)
+    a = fitted("attention", dev, seed=3).predict_proba(test)
+    b = fitted("attention", dev, seed=3).predict_proba(test)
     np.testing.assert_array_equal(a, b)
 
 
 def test_attention_learns_to_prefer_the_reliable_position(reliable_last):
     dev, test = reliable_last
-    model = METHODS["attention"](seed=0, **FAST).fit(dev)
-    assert not model.selected_["vanilla_only"]
+    model = fitted("attention", dev)
+    assert not model.vanilla_only_
     weights = model.attention_by_position(test)
     assert weights["2"] > weights["1"] > weights["0"]
     assert accuracy(model, test) > accuracy(METHODS["uniform"]().fit(dev), test) + 0.03
-    position = METHODS["position"](seed=0, **FAST).fit(dev).attention_by_position(test)
+    position = fitted("position", dev).attention_by_position(test)
     assert position["2"] > position["0"]
 
 
 def test_attention_with_a_useless_llm_stays_with_vanilla():
     dev, test = world(6, useless=True)
-    model = METHODS["attention"](seed=0, **FAST).fit(dev)
+    model = fitted("attention", dev)
     # The guard: the CV accuracy does not beat vanilla's, so Lantern is exactly vanilla.
-    assert model.selected_["vanilla_only"]
+    assert model.vanilla_only_ and model.selection_["guard"]["vanilla_only"]
     assert model.attention_by_position(test)["vanilla"] == 1.0
     np.testing.assert_allclose(model.predict_proba(test), test.p)
     vanilla = accuracy(METHODS["vanilla"]().fit(dev), test)
     # Without the guard the learned weights still lean on vanilla.
-    model.selected_["vanilla_only"] = False
+    model.vanilla_only_ = False
     assert model.attention_by_position(test)["vanilla"] > 0.6
     assert accuracy(model, test) >= vanilla - 0.03
     # The paper-literal merge has no vanilla candidate and pays for the useless LLM.
-    assert accuracy(METHODS["attention-llm"](seed=0, **FAST).fit(dev), test) < vanilla - 0.2
+    assert accuracy(fitted("attention-llm", dev), test) < vanilla - 0.2
 
 
 def test_cv_selects_hyperparameters_on_the_training_set_only(reliable_last, monkeypatch):
     dev, test = reliable_last
-    seen: list[set[str]] = []
-    original = fusion.TrainedFusion._train
+    seen: list[int] = []
+    original = crossval.train_replicas
 
-    def spy(self, inputs, *args, **kwargs):
-        seen.append(set(inputs.ids))
-        return original(self, inputs, *args, **kwargs)
+    def spy(build, x, *args, **kwargs):
+        seen.append(int(x["labels"].shape[0]))
+        return original(build, x, *args, **kwargs)
 
-    monkeypatch.setattr(fusion.TrainedFusion, "_train", spy)
-    model = METHODS["attention"](
-        seed=0, hidden_sizes=[4, 8], weight_decays=[1e-2, 10.0], epoch_grid=[1, 150], folds=3
+    monkeypatch.setattr(crossval, "train_replicas", spy)
+    monkeypatch.setattr("lantern.fusion.methods.train_replicas", spy)
+    search = SearchCV(
+        METHODS["attention"](seed=0),
+        hidden_sizes=[4, 8],
+        weight_decays=[1e-2, 10.0],
+        epoch_grid=[1, 150],
+        folds=3,
     )
-    model.fit(dev)
+    model = search.fit(dev)
     model.predict_proba(test)
-    assert len(seen) == 3  # one CV run per hidden size, then the refit
-    assert all(ids <= set(dev.ids) for ids in seen)
-    assert not any(ids & set(test.ids) for ids in seen)
-    assert len(model.cv_) == 2 * 2 * 2
-    best = min(model.cv_, key=lambda row: row["nll"])
-    assert {k: model.selected_[k] for k in ("hidden", "weight_decay", "epochs")} == {
-        k: best[k] for k in ("hidden", "weight_decay", "epochs")
-    }
+    assert seen == [dev.n] * 3  # one CV run per hidden size, then the refit; never the test split
+    cv = model.selection_["cv"]
+    assert len(cv) == 2 * 2 * 2
+    best = min(cv, key=lambda row: row["nll"])
+    assert model.selection_["selected"] == {k: best[k] for k in ("hidden", "weight_decay", "epochs")}
+    assert (model.hidden, model.weight_decay, model.epochs) == (
+        best["hidden"],
+        best["weight_decay"],
+        best["epochs"],
+    )
     # One step from uniform and a crushing weight decay are both worse than a real fit.
-    assert model.selected_["epochs"] == 150 and model.selected_["weight_decay"] == 1e-2
+    assert model.epochs == 150 and model.weight_decay == 1e-2
 
 
 def test_cv_folds_never_split_a_dialogue(reliable_last, monkeypatch):
     dev, _ = reliable_last
     masks = []
-    original = fusion.TrainedFusion._train
+    original = crossval.train_replicas
 
-    def spy(self, inputs, *args, train_mask=None, **kwargs):
+    def spy(build, x, *args, train_mask=None, **kwargs):
         if train_mask is not None:
-            masks.append((inputs.dialogues, train_mask))
-        return original(self, inputs, *args, train_mask=train_mask, **kwargs)
+            masks.append(train_mask)
+        return original(build, x, *args, train_mask=train_mask, **kwargs)
 
-    monkeypatch.setattr(fusion.TrainedFusion, "_train", spy)
-    METHODS["position"](seed=0, **FAST).fit(dev)
-    dialogues, mask = masks[0]
-    for row in mask:
-        held = {d for d, m in zip(dialogues, row, strict=True) if not m}
-        kept = {d for d, m in zip(dialogues, row, strict=True) if m}
+    monkeypatch.setattr(crossval, "train_replicas", spy)
+    fitted("position", dev)
+    for row in masks[0]:
+        held = {d for d, m in zip(dev.dialogues, row, strict=True) if not m}
+        kept = {d for d, m in zip(dev.dialogues, row, strict=True) if m}
         assert held and kept and not held & kept
 
 
@@ -246,30 +285,29 @@ def test_cv_folds_never_split_a_dialogue(reliable_last, monkeypatch):
 
 
 def test_fuse_run_writes_every_method(tmp_path):
-    run = make_run(tmp_path, n_dev=8, n_test=8)
-    summary = fuse_run(run, params={m: fast(m) for m in METHODS})
+    run = make_fused_run(tmp_path, n_dev=8, n_test=8)
+    summary = fuse_run(run.root, params={m: fast(m) for m in METHODS})
     assert list(summary) == list(METHODS)
-    test_ids = [p.id for p in read_predictions(run / "vanilla" / "predictions-test.jsonl")]
+    test_ids = [p.id for p in read_predictions(run.predictions("test"))]
     for name in METHODS:
-        out = run / "fusion" / name
-        preds = read_predictions(out / "predictions-test.jsonl")
+        files = run.method(name)
+        preds = read_predictions(files.predictions)
         assert [p.id for p in preds] == test_ids
         assert all(abs(sum(p.probs) - 1) < 1e-4 and p.vad is not None for p in preds)
-        assert json.loads((out / "config.json").read_text())["method"] == name
-        assert (out / "model.safetensors").exists() == METHODS[name].trained
-        assert set(json.loads((out / "attention.json").read_text())["test"]) == {"0", "1", "2", "vanilla"}
+        assert json.loads(files.config.read_text())["method"] == name
+        assert files.model.exists() == METHODS[name].trained
+        assert set(json.loads(files.attention.read_text())["test"]) == {"0", "1", "2", "vanilla"}
         assert summary[name]["n_test"] == len(test_ids)
-    assert not list(run.rglob("*.tmp"))
+    assert not list(run.root.rglob("*.tmp"))
 
 
-def test_fuse_run_infers_t_without_stats_and_checks_inputs(tmp_path):
-    run = make_run(tmp_path, n_dev=6, n_test=6, t=2, stride=3)
-    (run / "llm" / "stats.json").unlink()
-    summary = fuse_run(run, ["uniform"])
+def test_fuse_run_reads_t_from_the_llm_settings_and_checks_inputs(tmp_path):
+    run = make_fused_run(tmp_path, n_dev=6, n_test=6, spec=FieldSpec(stride=3, t=2))
+    summary = fuse_run(run.root, ["uniform"])
     assert summary["uniform"]["t"] == 2
     with pytest.raises(ValueError, match=r"unknown fusion method.*nope"):
-        fuse_run(run, ["nope"])
-    with pytest.raises(ValueError, match="test split"):
-        fuse_run(run, ["uniform"], train_split="test")
+        fuse_run(run.root, ["nope"])
+    with pytest.raises(ValueError, match="dev, crossfit"):
+        fuse_run(run.root, ["uniform"], train_split="test")
     with pytest.raises(FileNotFoundError, match="crossfit"):
-        fuse_run(run, ["uniform"], train_split="crossfit")
+        fuse_run(run.root, ["uniform"], train_split="crossfit")

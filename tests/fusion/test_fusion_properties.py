@@ -1,7 +1,7 @@
 """Fusion properties end to end with the simulated LLM (real test server process + LLM stage).
 
 A synthetic run (vanilla model ≈ 65% accurate, a few hundred dev/test utterances) is prompted
-through ``lantern.llm.testserver`` in simulation mode — answers built from gold labels at a set
+through ``lantern.testing.server`` in simulation mode — answers built from gold labels at a set
 accuracy, labelled "simulated-llm" — and fused. These are properties of the machinery under a
 simulated LLM, not results about real LLMs.
 """
@@ -13,16 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fusion_synth import make_predictions
 
-from lantern.corpus.dialogue import Corpus, Dialogue, Utterance
-from lantern.corpus.native import corpus_fingerprint, save_corpus
+from lantern.fields import FieldSpec
 from lantern.fusion import METHODS, fuse_run
-from lantern.labels import IEMOCAP6
-from lantern.llm.stage import LLMConfig, run_llm_stage
-from lantern.llm.testserver import running_test_server
-from lantern.predictions import read_predictions, write_predictions
-from lantern.rundir import RunDir, read_json, write_json
+from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.stage import run_llm_stage
+from lantern.predictions import read_predictions
+from lantern.rundir import LLMSettings, RunDir
+from lantern.testing.runs import dialogue_sizes, make_corpus, make_run
+from lantern.testing.server import running_test_server
 
 GRID = {"hidden_sizes": [8], "weight_decays": [1e-2, 1e-1], "epoch_grid": [100, 300], "folds": 4}
 FUSED = ["uniform", "attention"]
@@ -30,39 +29,26 @@ FUSED = ["uniform", "attention"]
 
 def make_base(root: Path, *, seed: int = 0, n_dev: int = 24, n_test: int = 24) -> Path:
     """A corpus and a run directory holding only the vanilla stage's outputs."""
-    rng = np.random.default_rng(seed)
-    dialogues, predictions = [], {}
-    for split, n in (("dev", n_dev), ("test", n_test)):
-        preds = make_predictions(rng, split, n_dialogues=n, length=(6, 16))
-        predictions[split] = preds
-        by_dialogue: dict[str, list] = {}
-        for p in preds:
-            by_dialogue.setdefault(p.dialogue, []).append(p)
-        for dialogue, ps in by_dialogue.items():
-            utterances = [Utterance(p.id, p.speaker, f"line {i}", p.label, p.vad) for i, p in enumerate(ps)]
-            dialogues.append(Dialogue(dialogue, split, utterances, {"t": np.zeros((len(ps), 2), np.float32)}))
-    corpus_path = save_corpus(Corpus("synthetic", IEMOCAP6, dialogues, {"t": 2}), root / "corpus")
-    run = RunDir(root / "base")
-    run.set_corpus(corpus_path, corpus_fingerprint(corpus_path))
-    write_json(run.vanilla / "config.json", {"label_set": IEMOCAP6.to_json(), "seed": seed})
-    for split, preds in predictions.items():
-        write_predictions(run.predictions(split), preds)
-    return run.root
+    corpus = make_corpus(dialogue_sizes({"dev": n_dev, "test": n_test}, (6, 16), seed=seed), seed=seed)
+    return make_run(root, corpus, seed=seed).root
 
 
 def simulate(base: Path, out: Path, *, grid: dict | None = None, **simulation) -> dict[str, float]:
     """Copy the base run, prompt the simulated LLM over dev and test, fuse; test accuracy per method (%)."""
     shutil.copytree(base, out)
-    files = [str(out / "vanilla" / f"predictions-{s}.jsonl") for s in ("dev", "test")]
+    run = RunDir(out)
+    files = [str(run.predictions(s)) for s in ("dev", "test")]
     with running_test_server(simulate=files, seed=7, **simulation) as url:
-        config = LLMConfig(base_urls=[url + "/v1"], model="simulated-llm", stride=4, t=3, timeout=10.0)
-        run_llm_stage(out, config, ["dev", "test"], progress=False)
-    assert read_json(out / "llm" / "stats.json")["model"] == "simulated-llm"
+        endpoint = Endpoint(base_urls=[url + "/v1"], model="simulated-llm", timeout=10.0)
+        run_llm_stage(
+            out, LLMConfig(fields=FieldSpec(4, 3), endpoint=endpoint), ["dev", "test"], progress=False
+        )
+    assert LLMSettings.read(run.llm.settings).simulated
     methods = ["vanilla", *FUSED]
     fuse_run(out, methods, params={m: grid or GRID for m in methods if METHODS[m].trained})
     scores = {}
     for m in methods:
-        preds = read_predictions(out / "fusion" / m / "predictions-test.jsonl")
+        preds = read_predictions(run.method(m).predictions)
         scores[m] = 100 * float(np.mean([int(np.argmax(p.probs)) == p.label for p in preds]))
     return scores
 

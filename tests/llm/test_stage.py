@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -14,69 +13,45 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from lantern.corpus.dialogue import Corpus, Dialogue, Utterance
-from lantern.corpus.native import corpus_fingerprint, save_corpus
-from lantern.labels import IEMOCAP6
-from lantern.llm.answers import read_window_answers
+from lantern.answers import read_field_answers
+from lantern.fields import FieldSpec
 from lantern.llm.client import LLMAuthError
-from lantern.llm.prompt import read_window
-from lantern.llm.stage import LLMConfig, max_answer_tokens, run_llm_stage
-from lantern.llm.testserver import (
+from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.stage import max_answer_tokens, run_llm_stage
+from lantern.predictions import read_predictions
+from lantern.rundir import LLMSettings, LLMStats, RunDir
+from lantern.testing.prompt_reader import read_field
+from lantern.testing.runs import make_corpus
+from lantern.testing.runs import make_run as make_runs
+from lantern.testing.server import (
     inject_faults,
     recent_requests,
     reset_server,
     running_test_server,
     server_stats,
 )
-from lantern.predictions import Prediction, read_predictions, write_predictions
-from lantern.rundir import RunDir
 
 STRIDE, T = 4, 3
 
 
 def make_run(root: Path, dialogues: list[tuple[str, int]], texts: dict[str, str] | None = None) -> Path:
-    """A run directory with a saved corpus and vanilla predictions for ``[(split, n_utterances)]``."""
-    rng = np.random.default_rng(0)
-    ds = []
-    for j, (split, n) in enumerate(dialogues):
-        us = [
-            Utterance(
-                f"d{j}_u{i}", "AB"[i % 2], (texts or {}).get(f"d{j}_u{i}", f"turn {i} of {j}"), int(i % 6)
-            )
-            for i in range(n)
-        ]
-        ds.append(Dialogue(f"d{j}", split, us, {"t": np.zeros((n, 2), np.float32)}))
-    corpus = Corpus("tiny", IEMOCAP6, ds, {"t": 2})
-    path = save_corpus(corpus, root / "corpus")
-    run = RunDir(root / "run")
-    run.set_corpus(path, corpus_fingerprint(path))
-    for split in ("train", "dev", "test"):
-        preds = []
-        for d in corpus.split(split):
-            for u in d.utterances:
-                p = rng.random(6) + 0.05
-                preds.append(
-                    Prediction(u.id, d.id, u.speaker, split, u.label, (p / p.sum()).tolist(), [3.0, 2.5, 4.0])
-                )
-        if preds:
-            write_predictions(run.predictions(split), preds)
-    return run.root
+    """A run with a saved corpus and vanilla predictions for ``[(split, n_utterances)]``."""
+    return make_runs(root, make_corpus(dialogues, texts=texts)).root
 
 
-def config(*urls: str, **options) -> LLMConfig:
+def config(*urls: str, refresh: bool = False, **endpoint) -> LLMConfig:
+    options = {"model": "test-model", "timeout": 5.0, "backoff_base": 0.01, "max_retries": 2, **endpoint}
     return LLMConfig(
-        base_urls=[u + "/v1" for u in urls],
-        model="test-model",
-        timeout=5.0,
-        backoff_base=0.01,
-        max_retries=2,
-        stride=STRIDE,
-        t=T,
-        **options,
+        fields=FieldSpec(STRIDE, T),
+        endpoint=Endpoint(base_urls=[u + "/v1" for u in urls], **options),
+        refresh=refresh,
     )
+
+
+def settings_of(run: Path) -> LLMSettings:
+    return LLMSettings.read(RunDir(run).llm.settings)
 
 
 def chats(url: str) -> int:
@@ -98,27 +73,24 @@ def fresh(server):
 def test_every_window_and_utterance_is_answered_and_a_rerun_is_free(tmp_path, fresh):
     run = make_run(tmp_path, [("dev", 9), ("test", 3), ("test", 14)])
     stats = run_llm_stage(run, config(fresh), ["dev", "test"], progress=False)
-    # Windows per dialogue: ceil(n/s) + t - 1; the 3-utterance dialogue's three windows are one request.
-    assert stats["windows"] == (3 + 2) + (1 + 2) + (4 + 2)
-    assert stats["unique_requests"] == 5 + 1 + 6
-    assert stats["requests_sent"] == chats(fresh) == 12 and stats["cache_hits"] == 0
-    assert stats["fallbacks"] == {} and stats["fallback_rate"] == 0.0 and stats["complete"]
-    for key in (
-        "retries",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
-        "wall_seconds",
-        "template_version",
-    ):
-        assert key in stats
-    assert stats["model"] == "test-model" and stats["base_urls"] == [fresh + "/v1"]
-    assert json.loads((run / "llm" / "stats.json").read_text()) == stats
+    # Fields per dialogue: ceil(n/s) + t - 1; the 3-utterance dialogue's three fields are one request.
+    assert stats.fields == (3 + 2) + (1 + 2) + (4 + 2)
+    assert stats.unique_requests == 5 + 1 + 6
+    assert stats.requests_sent == chats(fresh) == 12 and stats.cache_hits == 0
+    assert stats.fallbacks == {} and stats.fallback_rate == 0.0 and stats.complete
+    assert stats.retries == 0 and stats.prompt_tokens > 0 and stats.completion_tokens > 0
+    assert stats.cost_usd == 0.0 and stats.wall_seconds > 0
+    settings = settings_of(run)
+    assert settings.model == "test-model" and (settings.stride, settings.t) == (STRIDE, T)
+    assert set(settings.splits) == {"dev", "test"}
+    assert LLMStats.read(RunDir(run).llm.stats) == stats
+    # Settings hold what made the answers, never where they came from.
+    assert "127.0.0.1" not in RunDir(run).llm.settings.read_text() + RunDir(run).llm.stats.read_text()
 
     for split, sizes in (("dev", {"d0": 9}), ("test", {"d1": 3, "d2": 14})):
-        windows = read_window_answers(run / "llm" / f"answers-{split}.jsonl")
+        fields = read_field_answers(run / "llm" / f"answers-{split}.jsonl")
         seen: dict[str, list[int]] = {}
-        for w in windows:
+        for w in fields:
             assert [u.r for u in w.utterances] == list(range(w.stop - w.start))
             for i, u in zip(range(w.start, w.stop), w.utterances, strict=True):
                 assert u.id == f"{w.dialogue}_u{i}" and u.status == "ok" and u.reason is None
@@ -126,39 +98,39 @@ def test_every_window_and_utterance_is_answered_and_a_rerun_is_free(tmp_path, fr
                 seen.setdefault(u.id, []).append(u.b)
         expected = {f"{d}_u{i}" for d, n in sizes.items() for i in range(n)}
         assert set(seen) == expected
-        assert all(sorted(bs) == list(range(T)) for bs in seen.values()), "each utterance in t windows"
+        assert all(sorted(bs) == list(range(T)) for bs in seen.values()), "each utterance in t fields"
 
     before = {p.name: p.read_bytes() for p in (run / "llm").glob("answers-*.jsonl")}
     again = run_llm_stage(run, config(fresh), ["dev", "test"], progress=False)
-    assert again["requests_sent"] == 0 and again["cache_hits"] == 12 and chats(fresh) == 12
+    assert again.requests_sent == 0 and again.cache_hits == 12 and chats(fresh) == 12
     assert {p.name: p.read_bytes() for p in (run / "llm").glob("answers-*.jsonl")} == before
 
     refreshed = run_llm_stage(run, config(fresh, refresh=True), ["dev", "test"], progress=False)
-    assert refreshed["requests_sent"] == 12 and refreshed["cache_hits"] == 0
+    assert refreshed.requests_sent == 12 and refreshed.cache_hits == 0
 
 
 def test_requests_are_structured_and_sized_from_the_window(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 6)])
     run_llm_stage(run, config(fresh), ["test"], progress=False)
     for body in recent_requests(fresh):
-        window = read_window(body["messages"][-1]["content"])
-        n = window.stop - window.start
+        field = read_field(body["messages"][-1]["content"])
+        n = field.stop - field.start
         assert body["temperature"] == 0
         assert body["max_tokens"] == max_answer_tokens(n, 6)
         schema = body["response_format"]["json_schema"]["schema"]
-        assert schema["required"] == [str(i) for i in range(window.start, window.stop)]
+        assert schema["required"] == [str(i) for i in range(field.start, field.stop)]
 
 
 def test_llamacpp_servers_get_their_own_structured_output_mode(tmp_path):
     run = make_run(tmp_path, [("test", 3)])
     with running_test_server(kind="llamacpp") as url:
         stats = run_llm_stage(run, config(url, server_kind="llamacpp"), ["test"], progress=False)
-        assert stats["response_format"] == "json_object_schema" and stats["fallbacks"] == {}
+        assert settings_of(run).response_format == "json_object_schema" and stats.fallbacks == {}
         assert recent_requests(url)[-1]["response_format"]["type"] == "json_object"
         # The OpenAI form makes llama.cpp answer 500: retried, then every utterance falls back, counted.
         failed = run_llm_stage(run, config(url, server_kind="openai"), ["test"], progress=False)
-    assert failed["fallbacks"] == {"request:http_500": 9} and not failed["complete"]
-    assert failed["windows_unanswered"] == 3 and failed["retries"] == 2
+    assert failed.fallbacks == {"request:http_500": 9} and not failed.complete
+    assert failed.fields_unanswered == 3 and failed.retries == 2
 
 
 @pytest.mark.parametrize(
@@ -176,18 +148,18 @@ def test_llamacpp_servers_get_their_own_structured_output_mode(tmp_path):
 def test_bad_answers_are_retried_then_fall_back_per_utterance(
     tmp_path, fresh, monkeypatch, fault, reason, bad
 ):
-    run = make_run(tmp_path, [("test", 3)])  # one distinct request, shared by three windows
+    run = make_run(tmp_path, [("test", 3)])  # one distinct request, shared by three fields
     if fault == "oversized":
         # The test server cuts answers at max_tokens, as real servers do; lift it so 200k characters arrive.
         monkeypatch.setattr("lantern.llm.stage.max_answer_tokens", lambda n, c: 100_000)
     inject_faults(fresh, [{"kind": fault, "count": 3}])
     stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
-    assert chats(fresh) == 3 and stats["answer_retries"] == 2
-    assert stats["fallbacks"] == {reason: 3 * len(bad)}
-    assert stats["fallback_rate"] == pytest.approx(len(bad) / 3)
+    assert chats(fresh) == 3 and stats.answer_retries == 2
+    assert stats.fallbacks == {reason: 3 * len(bad)}
+    assert stats.fallback_rate == pytest.approx(len(bad) / 3)
     preds = {p.id: p.probs for p in read_predictions(run / "vanilla" / "predictions-test.jsonl")}
-    for w in read_window_answers(run / "llm" / "answers-test.jsonl"):
-        for i, u in enumerate(w.utterances):
+    for a in read_field_answers(run / "llm" / "answers-test.jsonl"):
+        for i, u in enumerate(a.utterances):
             if i in bad:
                 assert (u.status, u.reason, u.probs) == ("fallback", reason, preds[u.id])
             else:
@@ -198,39 +170,38 @@ def test_bad_answers_are_retried_then_fall_back_per_utterance(
         == 0
     )
     again = run_llm_stage(run, config(fresh), ["test"], progress=False)
-    assert again["requests_sent"] == 1 and again["fallbacks"] == {}
+    assert again.requests_sent == 1 and again.fallbacks == {}
 
 
 def test_one_bad_answer_is_retried_and_the_good_one_cached(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 3)])
     inject_faults(fresh, ["non_json"])
     stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
-    assert stats["answer_retries"] == 1 and stats["fallbacks"] == {} and chats(fresh) == 2
+    assert stats.answer_retries == 1 and stats.fallbacks == {} and chats(fresh) == 2
     again = run_llm_stage(run, config(fresh), ["test"], progress=False)
-    assert again["requests_sent"] == 0 and again["cache_hits"] == 1 and again["fallbacks"] == {}
+    assert again.requests_sent == 0 and again.cache_hits == 1 and again.fallbacks == {}
 
 
 def test_budget_stops_sending_and_a_rerun_continues(tmp_path, fresh):
-    run = make_run(tmp_path, [("test", 20)])  # 7 windows, all distinct
+    run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
     prices = {"test-model": [100.0, 100.0]}
     stats = run_llm_stage(
         run, config(fresh, prices=prices, max_cost=0.5, concurrency=1), ["test"], progress=False
     )
-    assert 0 < stats["windows_answered"] < stats["windows"] == 7
-    assert stats["requests_sent"] == chats(fresh) == stats["windows_answered"]
-    assert 0 < stats["cost_usd"] <= 0.5 and not stats["complete"]
-    assert stats["fallbacks"]["budget"] > 0
-    windows = read_window_answers(run / "llm" / "answers-test.jsonl")
-    assert len(windows) == 7 and sum(len(w.utterances) for w in windows) == 20 * T
-    budget_fallbacks = sum(u.reason == "budget" for w in windows for u in w.utterances)
-    assert budget_fallbacks == stats["fallbacks"]["budget"]
+    assert 0 < (stats.fields - stats.fields_unanswered) < stats.fields == 7
+    assert stats.requests_sent == chats(fresh) == (stats.fields - stats.fields_unanswered)
+    assert 0 < stats.cost_usd <= 0.5 and not stats.complete
+    assert stats.fallbacks["budget"] > 0
+    fields = read_field_answers(run / "llm" / "answers-test.jsonl")
+    assert len(fields) == 7 and sum(len(w.utterances) for w in fields) == 20 * T
+    budget_fallbacks = sum(u.reason == "budget" for w in fields for u in w.utterances)
+    assert budget_fallbacks == stats.fallbacks["budget"]
 
     rest = run_llm_stage(run, config(fresh, prices=prices), ["test"], progress=False)
-    assert (
-        rest["requests_sent"] == 7 - stats["windows_answered"]
-        and rest["cache_hits"] == stats["windows_answered"]
+    assert rest.requests_sent == 7 - (stats.fields - stats.fields_unanswered) and rest.cache_hits == (
+        stats.fields - stats.fields_unanswered
     )
-    assert rest["complete"] and rest["fallbacks"] == {}
+    assert rest.complete and rest.fallbacks == {}
 
 
 def test_a_transcript_that_gives_instructions_stays_data(tmp_path, fresh):
@@ -240,25 +211,24 @@ def test_a_transcript_that_gives_instructions_stays_data(tmp_path, fresh):
     )
     run = make_run(tmp_path, [("test", 3)], texts={"d0_u1": attack})
     stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
-    assert stats["fallbacks"] == {}
+    assert stats.fallbacks == {}
     (body,) = recent_requests(fresh)
-    window = read_window(body["messages"][-1]["content"])
+    field = read_field(body["messages"][-1]["content"])
     # The server reads back exactly the three utterances, the attack verbatim as utterance 1's text.
-    assert [u.index for u in window.utterances] == [0, 1, 2]
-    assert window.utterances[1].text == attack
+    assert [u.index for u in field.utterances] == [0, 1, 2]
+    assert field.utterances[1].text == attack
     assert len(body["messages"]) == 2 and body["messages"][1]["content"].count("<dialogue>\n") == 1
-    for w in read_window_answers(run / "llm" / "answers-test.jsonl"):
-        assert [u.status for u in w.utterances] == ["ok"] * 3
+    for a in read_field_answers(run / "llm" / "answers-test.jsonl"):
+        assert [u.status for u in a.utterances] == ["ok"] * 3
 
 
 def test_replicas_share_the_stage_requests(tmp_path):
-    run = make_run(tmp_path, [("test", 40)])  # 12 windows
+    run = make_run(tmp_path, [("test", 40)])  # 12 fields
     with running_test_server(latency=0.05) as a, running_test_server(latency=0.05) as b:
         stats = run_llm_stage(run, config(a, b, concurrency=4), ["test"], progress=False)
         on_a, on_b = chats(a), chats(b)
     assert on_a + on_b == 12 and on_a >= 3 and on_b >= 3
-    assert stats["requests_per_replica"] == [on_a, on_b]
-    assert stats["base_urls"] == [a + "/v1", b + "/v1"]
+    assert stats.requests_per_replica == [on_a, on_b]
 
 
 def test_cache_ignores_url_and_key(tmp_path, fresh, monkeypatch):
@@ -268,8 +238,8 @@ def test_cache_ignores_url_and_key(tmp_path, fresh, monkeypatch):
     with running_test_server(api_key="sk-second") as other:
         monkeypatch.setenv("LANTERN_KEY_B", "sk-second")
         stats = run_llm_stage(run, config(other, api_key_env="LANTERN_KEY_B"), ["test"], progress=False)
-        assert stats["requests_sent"] == 0 and chats(other) == 0
-    assert stats["cache_hits"] == stats["unique_requests"] == 5
+        assert stats.requests_sent == 0 and chats(other) == 0
+    assert stats.cache_hits == stats.unique_requests == 5
 
 
 def test_missing_inputs_fail_clearly(tmp_path, fresh):
@@ -284,7 +254,11 @@ def test_missing_inputs_fail_clearly(tmp_path, fresh):
 def test_a_remote_endpoint_without_its_key_fails_clearly(tmp_path, monkeypatch):
     run = make_run(tmp_path, [("test", 3)])
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    remote = LLMConfig(base_urls=["https://llm.example.invalid/v1"], model="m", api_key_env="NO_SUCH_KEY_VAR")
+    remote = LLMConfig(
+        endpoint=Endpoint(
+            base_urls=["https://llm.example.invalid/v1"], model="m", api_key_env="NO_SUCH_KEY_VAR"
+        )
+    )
     with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR is not set"):
         run_llm_stage(run, remote, ["test"], progress=False)
 
@@ -308,8 +282,8 @@ def test_no_key_reaches_the_run_directory_or_the_logs(tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()
         assert chats(url) == 5 + 3
-    stats = json.loads((run / "llm" / "stats.json").read_text())
-    assert stats["retries"] == 2 and stats["answer_retries"] == 1 and stats["complete"]
+    stats = LLMStats.read(RunDir(run).llm.stats)
+    assert stats.retries == 2 and stats.answer_retries == 1 and stats.complete
     assert key.encode() not in done.stdout + done.stderr
     assert b"INFO" in done.stderr  # logging was on
     files = [p for p in run.rglob("*") if p.is_file()]
@@ -318,8 +292,8 @@ def test_no_key_reaches_the_run_directory_or_the_logs(tmp_path):
         assert key.encode() not in p.read_bytes(), p
 
 
-def test_kill_9_then_rerun_sends_only_the_missing_windows(tmp_path):
-    run = make_run(tmp_path / "a", [("test", 60)])  # 17 distinct windows
+def test_kill_9_then_rerun_sends_only_the_missing_fields(tmp_path):
+    run = make_run(tmp_path / "a", [("test", 60)])  # 17 distinct fields
     reference = make_run(tmp_path / "b", [("test", 60)])
     with running_test_server(latency=0.3) as url:
         run_llm_stage(reference, config(url, concurrency=2), ["test"], progress=False)
@@ -348,8 +322,8 @@ def test_kill_9_then_rerun_sends_only_the_missing_windows(tmp_path):
         done = subprocess.run(_cli(run, url, "--concurrency", "2"), capture_output=True, timeout=120)
         assert done.returncode == 0, done.stderr.decode()
         assert chats(url) - sent_before == 17 - stored
-    stats = json.loads((run / "llm" / "stats.json").read_text())
-    assert stats["cache_hits"] == stored and stats["requests_sent"] == 17 - stored
+    stats = LLMStats.read(RunDir(run).llm.stats)
+    assert stats.cache_hits == stored and stats.requests_sent == 17 - stored
     assert (run / "llm" / "answers-test.jsonl").read_bytes() == (
         reference / "llm" / "answers-test.jsonl"
     ).read_bytes()
@@ -359,20 +333,20 @@ def test_fallback_reasons_are_counted_across_splits(tmp_path, fresh):
     run = make_run(tmp_path, [("dev", 3), ("test", 3)])
     inject_faults(fresh, [{"kind": "missing_utterance", "count": 3}])
     stats = run_llm_stage(run, config(fresh, concurrency=1), ["dev", "test"], progress=False)
-    assert stats["splits"]["dev"]["fallbacks"] == {"missing": 3}
-    assert stats["splits"]["test"]["fallbacks"] == {}
+    assert stats.splits["dev"].fallbacks == {"missing": 3}
+    assert stats.splits["test"].fallbacks == {}
     counted = Counter(
         u.reason
         for split in ("dev", "test")
-        for w in read_window_answers(run / "llm" / f"answers-{split}.jsonl")
-        for u in w.utterances
+        for a in read_field_answers(run / "llm" / f"answers-{split}.jsonl")
+        for u in a.utterances
         if u.status == "fallback"
     )
-    assert dict(counted) == stats["fallbacks"] == {"missing": 3}
+    assert dict(counted) == stats.fallbacks == {"missing": 3}
 
 
 def test_refused_credentials_stop_the_stage_without_writing_answers(tmp_path, monkeypatch):
-    run = make_run(tmp_path, [("test", 40)])  # 12 windows
+    run = make_run(tmp_path, [("test", 40)])  # 12 fields
     monkeypatch.setenv("LANTERN_WRONG_KEY", "sk-wrong")
     with running_test_server(api_key="sk-right") as url:
         with pytest.raises(LLMAuthError, match="401"):

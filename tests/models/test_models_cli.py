@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SMALL_SDT, make_corpus
 
 from lantern import training
 from lantern.cli import main
@@ -14,6 +13,7 @@ from lantern.corpus.native import corpus_fingerprint, save_corpus
 from lantern.models.registry import MODELS
 from lantern.predictions import Prediction, read_predictions, write_predictions
 from lantern.rundir import RunDir
+from tests.models.synthetic import SMALL_SDT, make_corpus
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,10 @@ def test_summary_bad_arguments_are_one_line_errors(capsys, extra, message):
 def test_train_writes_the_vanilla_stage(run_dir, corpus_dir):
     run = RunDir(run_dir)
     for f in ("model.safetensors", "config.json", "metrics.json"):
-        assert (run.vanilla / f).exists()
+        assert (run.vanilla.dir / f).exists()
     for split in ("train", "dev", "test"):
         assert read_predictions(run.predictions(split))
-    config = json.loads((run.vanilla / "config.json").read_text())
+    config = json.loads((run.vanilla.dir / "config.json").read_text())
     assert config["training"]["epochs"] == 3 and config["training"]["batch_size"] == 4
     assert config["training"]["lr"] == 0.002 and config["seed"] == 1
     assert config["model_config"]["hidden"] == SMALL_SDT["hidden"]

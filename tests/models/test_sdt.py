@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SMALL_SDT, WIDTHS
 
 from lantern.models.batch import IGNORE_LABEL, collate
 from lantern.models.registry import config_for_corpus, parameter_summary, speaker_vocabulary
 from lantern.models.sdt import SDT, EncoderLayer, SDTConfig, sinusoidal_positions
+from tests.models.synthetic import SMALL_SDT, WIDTHS
 
 
 def count(config: SDTConfig) -> int:

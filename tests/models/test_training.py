@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import SMALL_CORECT, SMALL_SDT, make_corpus
 
 from lantern import training
 from lantern.errors import LanternError
@@ -26,6 +25,7 @@ from lantern.training import (
     predict,
     train_run,
 )
+from tests.models.synthetic import SMALL_CORECT, SMALL_SDT, make_corpus
 
 SMALL = {"sdt": SMALL_SDT, "corect": SMALL_CORECT}
 
@@ -69,14 +69,14 @@ def test_run_directory_files(trained, synthetic_corpus):
     name, run_dir, summary = trained
     run = RunDir(run_dir)
     for f in ("model.safetensors", "config.json", "metrics.json"):
-        assert (run.vanilla / f).exists()
-    config = json.loads((run.vanilla / "config.json").read_text())
+        assert (run.vanilla.dir / f).exists()
+    config = json.loads((run.vanilla.dir / "config.json").read_text())
     assert config["model"] == name
     assert config["label_set"]["classes"] == list(IEMOCAP4.classes)
     assert config["modalities"] == {"t": 12, "a": 8, "v": 6}
     assert config["speaker_vocabulary"] == {"A": 0, "B": 1}
     assert config["training"]["seed"] == 0 and config["seed"] == 0
-    metrics = json.loads((run.vanilla / "metrics.json").read_text())
+    metrics = json.loads((run.vanilla.dir / "metrics.json").read_text())
     assert len(metrics["history"]) == 8
     f1 = [h["dev_weighted_f1"] for h in metrics["history"]]
     assert metrics["best_epoch"] == int(np.argmax(f1)) + 1 == summary["best_epoch"]
@@ -90,7 +90,7 @@ def test_run_directory_files(trained, synthetic_corpus):
 
 def test_checkpoint_reload_gives_identical_predictions(trained, synthetic_corpus):
     _, run_dir, _ = trained
-    model, meta = load_checkpoint(RunDir(run_dir).vanilla)
+    model, meta = load_checkpoint(RunDir(run_dir).vanilla.dir)
     # The device the run predicted on (CPU and GPU kernels differ in the last bits).
     again = predict(model, meta, synthetic_corpus.split("test"), device=meta.training["device"])
     saved = read_predictions(RunDir(run_dir).predictions("test"))
@@ -105,7 +105,7 @@ def test_load_checkpoint_without_model_is_a_clear_error(tmp_path):
 
 def test_predict_rejects_features_of_another_width(trained):
     _, run_dir, _ = trained
-    model, meta = load_checkpoint(RunDir(run_dir).vanilla)
+    model, meta = load_checkpoint(RunDir(run_dir).vanilla.dir)
     other = make_corpus(n_dialogues=(0, 0, 2), widths={"t": 5, "a": 8, "v": 6})
     with pytest.raises(ValueError, match="modality 't' of width 12"):
         predict(model, meta, other.dialogues, device="cpu")

@@ -1,8 +1,10 @@
 """Lantern: emotions in conversation from a multimodal model, an LLM over receptive fields, and fusion.
 
 Each command group lives in its own module with a ``register(subparsers)`` function; handlers parse
-nothing themselves, call the API, print, and return an exit code. Expected failures (bad input,
-missing files) print one line ``lantern: error: ...`` and exit 2 — never a traceback.
+nothing themselves, call the API, print, and return an exit code. Exit codes: 0 complete; 2 a user
+error (bad input, a missing file, a refused operation: one line ``lantern: error: ...``, never a
+traceback); 3 incomplete on purpose (a budget, unanswered fields: run the same command again to
+continue); 130 interrupted; 1 a bug in Lantern, with its traceback.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import sys
 from collections.abc import Sequence
 
 from lantern import __version__
-from lantern.errors import StageIncomplete
+from lantern.errors import LanternError, StageIncomplete
 
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError, StageIncomplete)
+USER_ERRORS = (LanternError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)
+EXIT_USER_ERROR = 2
+EXIT_INCOMPLETE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args) or 0)
-    except EXPECTED_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"lantern: error: {message}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        print(f"lantern: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except StageIncomplete as exc:
+        print(f"lantern: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         print("lantern: interrupted", file=sys.stderr)
         return 130

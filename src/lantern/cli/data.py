@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lantern.corpus.convert import FORMATS
+from lantern.errors import LanternError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,7 +84,7 @@ def _convert(args: argparse.Namespace) -> int:
     from lantern.corpus.native import save_corpus
 
     if args.dev_fraction is not None and args.format in OWN_DEV_SPLIT:
-        raise ValueError(
+        raise LanternError(
             f"--dev-fraction does not apply to --format {args.format}: the file states its splits"
         )
     if args.out.exists() and not args.overwrite:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lantern.errors import LanternError
+
 # The registry's names, spelled out so that building the parser does not import torch.
 MODEL_NAMES = ("corect", "sdt")
 SPLIT_CHOICES = ("train", "dev", "test", "all")
@@ -77,12 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _parse_widths(text: str | None) -> dict[str, int]:
     if not text:
-        raise ValueError("--classes needs --widths, e.g. --widths t=768,a=100,v=512")
+        raise LanternError("--classes needs --widths, e.g. --widths t=768,a=100,v=512")
     widths = {}
     for item in text.split(","):
         name, sep, value = item.strip().partition("=")
         if not sep or not value.strip().isdigit():
-            raise ValueError(f"--widths: {item!r} is not MODALITY=WIDTH (e.g. t=768)")
+            raise LanternError(f"--widths: {item!r} is not MODALITY=WIDTH (e.g. t=768)")
         widths[name.strip()] = int(value)
     return widths
 
@@ -149,41 +151,13 @@ def _predict(args: argparse.Namespace) -> int:
     from lantern.rundir import RunDir
     from lantern.training import load_checkpoint, predict
 
-    model, meta = load_checkpoint(RunDir(args.run).vanilla)
+    model, meta = load_checkpoint(RunDir(args.run).vanilla.dir)
     corpus = load_corpus(args.corpus)
     dialogues = corpus.dialogues if args.split == "all" else corpus.split(args.split)
     predictions = predict(model, meta, dialogues)
     write_predictions(args.out, predictions)
     print(f"wrote {args.out}: {len(predictions)} utterances of {len(dialogues)} dialogues ({args.split})")
     return 0
-
-
-def _class_names(predictions_file: Path, n_classes: int) -> list[str]:
-    """Label names from the vanilla config.json beside the file when there is one, else indices."""
-    config = predictions_file.parent / "config.json"
-    if config.is_file():
-        classes = json.loads(config.read_text(encoding="utf-8")).get("label_set", {}).get("classes", [])
-        if len(classes) == n_classes:
-            return list(classes)
-    return [str(i) for i in range(n_classes)]
-
-
-def _report_predictions(path: Path) -> dict:
-    from lantern.metrics import classification_report
-    from lantern.predictions import read_predictions
-
-    predictions = read_predictions(path)
-    labelled = [p for p in predictions if p.label is not None]
-    if not labelled:
-        raise ValueError(f"{path}: no prediction carries a gold label; nothing to evaluate")
-    n_classes = len(labelled[0].probs)
-    classes = _class_names(path, n_classes)
-    gold = [p.label for p in labelled]
-    pred = [max(range(n_classes), key=p.probs.__getitem__) for p in labelled]
-    report = classification_report(gold, pred, classes)
-    report["source"] = str(path)
-    report["unlabelled"] = len(predictions) - len(labelled)
-    return report
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -193,7 +167,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate_run(args.run)
         print(json.dumps(metrics, indent=2) if args.json else results_table(metrics))
         return 0
-    report = _report_predictions(args.predictions)
+    from lantern.evaluation import score_predictions
+
+    report = score_predictions(args.predictions)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -7,7 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from lantern.pipeline import STAGES
+from lantern.cli.options import add_endpoint_arguments, positive_int
+
+# The stage names of lantern.recipes.pipeline.STAGES, spelled out so that building the parser
+# does not import the pipeline (and torch through it).
+STAGE_NAMES = ("corpus", "vanilla", "llm", "fusion", "eval", "report")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, type=Path, help="pipeline TOML file")
     p.add_argument("--out", type=Path, help="run directory (default: [run] dir in the config)")
     p.add_argument(
-        "--from", dest="from_stage", choices=STAGES, help="force this stage and later ones to re-run"
+        "--from", dest="from_stage", choices=STAGE_NAMES, help="force this stage and later ones to re-run"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run)
@@ -25,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="the whole pipeline on a small synthetic corpus with the embedded local LLM"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
-    p.add_argument("--dialogues", type=int, default=30, help="dialogues in the synthetic corpus (default 30)")
-    p.add_argument("--epochs", type=int, default=40, help="vanilla training epochs (default 40)")
-    _endpoint_arguments(p)
+    p.add_argument("--dialogues", type=positive_int, help="dialogues in the synthetic corpus")
+    p.add_argument("--epochs", type=positive_int, help="vanilla training epochs")
+    add_endpoint_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_demo)
 
@@ -43,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, type=Path, help="dialogues JSONL (speaker + text per utterance)")
     p.add_argument("--out", required=True, type=Path, help="output JSONL, one object per utterance")
     p.add_argument("--method", default="attention", help="fusion method to apply (default attention)")
-    _endpoint_arguments(p)
+    add_endpoint_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_annotate)
 
@@ -51,36 +55,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path, help="a run directory with vanilla predictions")
     p.add_argument("--t", dest="t_values", default="1,2,3,4", help="receptive-field counts (default 1,2,3,4)")
     p.add_argument("--strides", default="2,4", help="strides (default 2,4)")
-    _endpoint_arguments(p)
+    add_endpoint_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_ablate)
 
 
-def _endpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-url", action="append", default=[], help="OpenAI-compatible endpoint (repeatable)")
-    p.add_argument("--model", help="model name at the endpoint")
-    p.add_argument("--server-kind", help="openai, vllm, llamacpp, ollama, other (structured-output mode)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    p.add_argument("--concurrency", type=int, default=None)
-    p.add_argument("--max-cost", type=float, default=None, help="stop sending before this many USD")
+def _endpoint(args: argparse.Namespace):
+    """The endpoint the command line names, or None to keep the recipe's own (the embedded model)."""
+    from lantern.cli.options import endpoint_from_args
 
-
-def _llm_override(args: argparse.Namespace):
-    """An LLMConfig for an endpoint named on the command line, or None (keep the run's / the local one)."""
-    if not args.base_url:
-        return None
-    from lantern.llm.config import LLMConfig
-
-    config = LLMConfig(
-        base_urls=list(args.base_url),
-        model=args.model,
-        server_kind=args.server_kind,
-        api_key_env=args.api_key_env,
-        max_cost=args.max_cost,
-    )
-    if args.concurrency:
-        config.concurrency = args.concurrency
-    return config
+    endpoint = endpoint_from_args(args)
+    return None if endpoint == type(endpoint)() else endpoint
 
 
 def _notify(message: str) -> None:
@@ -95,7 +80,7 @@ def _print_results(result: dict) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lantern.pipeline import run_pipeline
+    from lantern.recipes.pipeline import run_pipeline
 
     result = run_pipeline(
         args.config, args.out, from_stage=args.from_stage, notify=_notify, progress=not args.quiet
@@ -105,13 +90,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lantern.pipeline import demo
+    from lantern.recipes.demo import DEMO_DIALOGUES, DEMO_EPOCHS, demo
 
     result = demo(
         args.out,
-        dialogues=args.dialogues,
-        epochs=args.epochs,
-        llm=_llm_override(args),
+        dialogues=args.dialogues or DEMO_DIALOGUES,
+        epochs=args.epochs or DEMO_EPOCHS,
+        endpoint=_endpoint(args),
         notify=_notify,
         progress=not args.quiet,
     )
@@ -121,25 +106,26 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _fuse(args: argparse.Namespace) -> int:
     from lantern.fusion import fuse_run
+    from lantern.rundir import RunDir
 
     summary = fuse_run(args.run, args.method, train_split=args.train_split, seed=args.seed)
     for name, info in summary.items():
         print(
             f"{name:15s} trained={info['trained']!s:5s} train utterances={info['n_train']:5d} "
-            f"test utterances={info['n_test']:5d}  → {args.run / 'fusion' / name}"
+            f"test utterances={info['n_test']:5d}  → {RunDir(args.run).method(name).dir}"
         )
     return 0
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from lantern.annotate import annotate
+    from lantern.recipes.annotate import annotate
 
     summary = annotate(
         args.run,
         args.input,
         args.out,
         method=args.method,
-        llm=_llm_override(args),
+        endpoint=_endpoint(args),
         notify=_notify,
         progress=not args.quiet,
     )
@@ -147,16 +133,26 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ablate(args: argparse.Namespace) -> int:
-    from lantern.ablation import ablate
+def _int_list(text: str, flag: str) -> list[int]:
+    from lantern.errors import LanternError
 
-    t_values = [int(x) for x in args.t_values.split(",") if x]
-    strides = [int(x) for x in args.strides.split(",") if x]
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LanternError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise LanternError(f"{flag}: expected integers >= 1, got {text!r}")
+    return values
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from lantern.recipes.ablate import ablate
+
     result = ablate(
         args.run,
-        t_values=t_values,
-        strides=strides,
-        llm=_llm_override(args),
+        t_values=_int_list(args.t_values, "--t"),
+        strides=_int_list(args.strides, "--strides"),
+        endpoint=_endpoint(args),
         notify=_notify,
         progress=not args.quiet,
     )

@@ -18,6 +18,7 @@ from lantern.corpus.emoeval import VadJoinReport, join_vad, read_emoeval
 from lantern.corpus.jsonl import read_jsonl
 from lantern.corpus.sdt import read_sdt_iemocap, read_sdt_meld
 from lantern.corpus.text_features import add_text_features
+from lantern.errors import LanternError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def read_layout(
 ) -> Corpus:
     """Read ``src`` in one of :data:`FORMATS` with the file's own features (JSONL: none)."""
     if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+        raise LanternError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     labels = labels or DEFAULT_LABELS[format]
     fraction = DEFAULT_DEV_FRACTION if dev_fraction is None else dev_fraction
     if format in OWN_DEV_SPLIT and dev_fraction not in (None, DEFAULT_DEV_FRACTION):
@@ -77,9 +78,9 @@ def convert_corpus(
     if text_features is None:
         text_features = "minilm" if format == "jsonl" else "file"
     if text_features not in ("file", "minilm"):
-        raise ValueError(f"text_features must be 'file' or 'minilm', got {text_features!r}")
+        raise LanternError(f"text_features must be 'file' or 'minilm', got {text_features!r}")
     if format == "jsonl" and text_features == "file":
-        raise ValueError("a JSONL corpus carries no text feature vectors; use text_features='minilm'")
+        raise LanternError("a JSONL corpus carries no text feature vectors; use text_features='minilm'")
     corpus = read_layout(src, format, labels=labels, dev_fraction=dev_fraction)
     report = None
     if emoeval is not None:

@@ -13,35 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lantern.errors import LanternError
+from lantern.errors import CorpusError
 from lantern.labels import LabelSet
 
 SPLITS = ("train", "dev", "test")
 MODALITIES = ("t", "a", "v")
 VAD_RANGE = (1.0, 5.0)
-
-
-class CorpusError(LanternError):
-    """Bad input, located: the message names the file, dialogue and utterance where they apply."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | None = None,
-        dialogue: str | None = None,
-        utterance: str | int | None = None,
-    ) -> None:
-        where = []
-        if file is not None:
-            where.append(f"file {file}")
-        if dialogue is not None:
-            where.append(f"dialogue {dialogue}")
-        if utterance is not None:
-            where.append(f"utterance {utterance}")
-        prefix = ", ".join(where)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
-        self.file, self.dialogue, self.utterance = file, dialogue, utterance
 
 
 @dataclass
@@ -108,10 +85,6 @@ class Corpus:
     def speakers(self) -> list[str]:
         """Distinct speaker names, sorted: the vocabulary of the models' speaker embeddings."""
         return sorted({u.speaker for d in self.dialogues for u in d.utterances})
-
-    def utterance_index(self) -> dict[str, tuple[Dialogue, int]]:
-        """Utterance id → (dialogue, position)."""
-        return {u.id: (d, i) for d in self.dialogues for i, u in enumerate(d.utterances)}
 
     def summary(self) -> dict:
         """Counts a person checks first (what ``lantern data inspect --json`` prints)."""

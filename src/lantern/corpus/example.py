@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from lantern.corpus.dialogue import Corpus, Dialogue, Utterance
+from lantern.errors import LanternError
 from lantern.labels import LabelSet, get_label_set
 
 DEFAULT_WIDTHS = {"t": 768, "a": 100, "v": 512}
@@ -206,17 +207,17 @@ def generate_example(
     10% (small demo corpora want a larger dev split: the fusion module trains on it).
     """
     if n_dialogues < 1:
-        raise ValueError(f"n_dialogues must be at least 1, got {n_dialogues}")
+        raise LanternError(f"n_dialogues must be at least 1, got {n_dialogues}")
     if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+        raise LanternError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
     if not 0.0 <= dev_fraction < 1.0:
-        raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
+        raise LanternError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
     if text_features not in ("synthetic", "minilm"):
-        raise ValueError(f"text_features must be 'synthetic' or 'minilm', got {text_features!r}")
+        raise LanternError(f"text_features must be 'synthetic' or 'minilm', got {text_features!r}")
     widths = dict(DEFAULT_WIDTHS if widths is None else widths)
     unknown = sorted(set(widths) - set(SEPARATION))
     if unknown or any(w < 1 for w in widths.values()):
-        raise ValueError(f"widths must map 't', 'a', 'v' to positive widths, got {widths}")
+        raise LanternError(f"widths must map 't', 'a', 'v' to positive widths, got {widths}")
     label_set = get_label_set(labels)
     priors, centres, neighbours = _class_params(label_set)
     rng_structure, rng_labels, rng_text, rng_vad, rng_features = (

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from lantern.corpus.dialogue import SPLITS, VAD_RANGE, Corpus, CorpusError, Dialogue, Utterance
-from lantern.corpus.jsonio import json_lines
 from lantern.corpus.text_features import add_text_features
+from lantern.jsonio import json_lines
 from lantern.labels import IEMOCAP6, LabelSet, custom_label_set, get_label_set
 
 

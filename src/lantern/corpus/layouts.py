@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lantern.corpus.dialogue import Corpus, CorpusError, Dialogue, Utterance
+from lantern.errors import LanternError
 from lantern.labels import LabelSet
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def assign_splits(
 ) -> list[tuple[str, str]]:
     """(dialogue id, split) pairs; the first ``int(dev_fraction * len(train_ids))`` train ids become dev."""
     if not 0.0 <= dev_fraction < 1.0:
-        raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
+        raise LanternError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
     n_dev = int(dev_fraction * len(train_ids))
     pairs = [(d, "dev" if i < n_dev else "train") for i, d in enumerate(train_ids)]
     return pairs + [(d, "test") for d in test_ids]

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from lantern.corpus.dialogue import SPLITS, Corpus, CorpusError, Dialogue, Utterance
-from lantern.corpus.jsonio import BOM, json_lines, read_json
 from lantern.corpus.text_features import corpus_texts, texts_hash
+from lantern.jsonio import BOM, json_lines, read_json
 from lantern.labels import LabelSet
 
 log = logging.getLogger(__name__)

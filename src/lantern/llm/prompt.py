@@ -2,15 +2,15 @@
 
 The template (``templates/<name>.txt``) holds all the wording, so a prompt variant is a new file and
 an experiment axis; its name and a hash of its text form :func:`template_version`, which is part of
-the cache key. The code here only renders the data: a header naming the dialogue and the window,
+the cache key. The code here only renders the data: a header naming the dialogue and the field,
 the label set, and one line per utterance::
 
     4 | speaker "M" | text "Why did you do that?" | probs hap 0.10, sad 0.00, ... | vad 2.1 3.4 3.0
 
 Speaker and transcript are JSON strings, with ``<``, ``>`` and every line or paragraph separator
 escaped, so no transcript can end its line or close the ``<dialogue>`` block it sits in: text that
-reads like an instruction stays data (the system message says so too). :func:`read_window` is the
-inverse of the rendering; the project's test server uses it to answer from the request alone.
+reads like an instruction stays data (the system message says so too). The project's test server reads a
+rendered prompt back (:mod:`lantern.testing.prompt_reader`) to answer from the request alone.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from lantern.errors import LanternError
 from lantern.labels import LabelSet
 
 DEFAULT_TEMPLATE = "erc-v1"
@@ -64,8 +65,8 @@ class PromptOptions:
 
 
 @dataclass
-class WindowUtterance:
-    """One utterance of a window: absolute ``index`` in its dialogue, vanilla ``probs`` and ``vad`` (1-5)."""
+class FieldUtterance:
+    """One utterance of a field: absolute ``index`` in its dialogue, vanilla ``probs`` and ``vad`` (1-5)."""
 
     index: int
     id: str
@@ -73,17 +74,6 @@ class WindowUtterance:
     text: str
     probs: list[float] = field(default_factory=list)
     vad: list[float] | None = None
-
-
-@dataclass
-class PromptWindow:
-    """What :func:`read_window` recovers from a rendered user message (utterance ids are not in it)."""
-
-    dialogue_id: str
-    start: int
-    stop: int
-    classes: list[str]
-    utterances: list[WindowUtterance]
 
 
 @dataclass(frozen=True)
@@ -107,7 +97,9 @@ def load_template(name: str = DEFAULT_TEMPLATE) -> Template:
                 for p in (resources.files("lantern.llm") / "templates").iterdir()
                 if p.name.endswith(".txt")
             )
-            raise ValueError(f"unknown prompt template {name!r}; known: {', '.join(known)} (or a .txt path)")
+            raise LanternError(
+                f"unknown prompt template {name!r}; known: {', '.join(known)} (or a .txt path)"
+            )
         text, label = packaged.read_text(encoding="utf-8"), name
     return _parse_template(label, text)
 
@@ -118,7 +110,7 @@ def _parse_template(name: str, text: str) -> Template:
     sections = {parts[i]: parts[i + 1].strip("\n") for i in range(1, len(parts) - 1, 2)}
     preamble = [line for line in parts[0].splitlines() if line.strip() and not line.startswith("#")]
     if preamble or set(sections) != {"system", "user"} or len(parts) != 5:
-        raise ValueError(
+        raise LanternError(
             f"prompt template {name!r}: needs exactly one '=== system ===' and one '=== user ===' section"
         )
     return Template(name=name, text=text, system=sections["system"], user=sections["user"])
@@ -145,13 +137,13 @@ def _glossary(classes: tuple[str, ...]) -> str:
 def _check_class_names(labels: LabelSet) -> None:
     for c in labels.classes:
         if not c.strip() or c != c.strip() or _UNSAFE.search(c) or "," in c or "|" in c:
-            raise ValueError(
+            raise LanternError(
                 f"label set {labels.name!r}: class name {c!r} cannot be shown in a prompt "
                 "(no commas, bars, angle brackets, control characters or surrounding spaces)"
             )
 
 
-def _utterance_line(u: WindowUtterance, labels: LabelSet, show_probs: bool, show_vad: bool) -> str:
+def _utterance_line(u: FieldUtterance, labels: LabelSet, show_probs: bool, show_vad: bool) -> str:
     parts = [str(u.index), f"speaker {quote(u.speaker)}", f"text {quote(u.text)}"]
     if show_probs:
         parts.append(
@@ -162,31 +154,31 @@ def _utterance_line(u: WindowUtterance, labels: LabelSet, show_probs: bool, show
     return " | ".join(parts)
 
 
-def _check_window(
+def _check_field(
     dialogue_id: str,
     start: int,
     stop: int,
-    utterances: list[WindowUtterance],
+    utterances: list[FieldUtterance],
     n_classes: int,
     options: PromptOptions,
 ) -> None:
-    where = f"dialogue {dialogue_id}, window {start}-{stop - 1}"
+    where = f"dialogue {dialogue_id}, field {start}-{stop - 1}"
     if not 0 <= start < stop:
-        raise ValueError(f"{where}: not a window (start must be >= 0 and below stop)")
+        raise LanternError(f"{where}: not a field (start must be >= 0 and below stop)")
     indices = [u.index for u in utterances]
     if indices != list(range(start, stop)):
-        raise ValueError(f"{where}: utterances must be indices {start}..{stop - 1} in order, got {indices}")
+        raise LanternError(f"{where}: utterances must be indices {start}..{stop - 1} in order, got {indices}")
     for u in utterances:
         if options.include_probs and (
             len(u.probs) != n_classes or not all(math.isfinite(p) and p >= 0 for p in u.probs)
         ):
-            raise ValueError(f"{where}, utterance {u.id}: needs {n_classes} finite probabilities >= 0")
+            raise LanternError(f"{where}, utterance {u.id}: needs {n_classes} finite probabilities >= 0")
         if (
             options.include_vad
             and u.vad is not None
             and (len(u.vad) != 3 or not all(math.isfinite(x) for x in u.vad))
         ):
-            raise ValueError(f"{where}, utterance {u.id}: VAD must be 3 finite numbers")
+            raise LanternError(f"{where}, utterance {u.id}: VAD must be 3 finite numbers")
 
 
 def _drop_blocks(text: str, keep: dict[str, bool]) -> str:
@@ -200,18 +192,18 @@ def build_messages(
     dialogue_id: str,
     start: int,
     stop: int,
-    utterances: list[WindowUtterance],
+    utterances: list[FieldUtterance],
     labels: LabelSet,
     options: PromptOptions | None = None,
 ) -> list[dict]:
-    """OpenAI chat messages ``[system, user]`` asking for adjusted distributions of window ``[start, stop)``.
+    """OpenAI chat messages ``[system, user]`` asking for adjusted distributions of field ``[start, stop)``.
 
-    ``utterances`` are the window's utterances in order (indices ``start..stop-1``). VAD is shown
-    only for utterances that have it; a window where none has it drops the VAD wording entirely.
+    ``utterances`` are the field's utterances in order (indices ``start..stop-1``). VAD is shown
+    only for utterances that have it; a field where none has it drops the VAD wording entirely.
     """
     options = options or PromptOptions()
     _check_class_names(labels)
-    _check_window(dialogue_id, start, stop, utterances, len(labels), options)
+    _check_field(dialogue_id, start, stop, utterances, len(labels), options)
     template = load_template(options.template)
     show_vad = options.include_vad and any(u.vad is not None for u in utterances)
     keep = {"probs": options.include_probs, "vad": show_vad}
@@ -231,60 +223,6 @@ def build_messages(
         try:
             content = string.Template(_drop_blocks(body, keep)).substitute(values)
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"prompt template {template.name!r}: bad placeholder ({exc})") from exc
+            raise LanternError(f"prompt template {template.name!r}: bad placeholder ({exc})") from exc
         messages.append({"role": role, "content": content})
     return messages
-
-
-_HEADER = re.compile(r"^Dialogue: (\".*\") \(utterances (\d+)-(\d+)\)$", re.MULTILINE)
-_CLASSES = re.compile(r"^Classes, in answer order: (\[.*\])$", re.MULTILINE)
-_BLOCK = re.compile(r"^<dialogue>\n(.*?)\n</dialogue>$", re.MULTILINE | re.DOTALL)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def read_window(user_text: str) -> PromptWindow:
-    """Recover the window a user message was rendered from; ValueError if it is not one of ours."""
-    header, classes_match, block = (
-        _HEADER.search(user_text),
-        _CLASSES.search(user_text),
-        _BLOCK.search(user_text),
-    )
-    if not (header and classes_match and block):
-        raise ValueError(
-            "not a Lantern prompt: missing the Dialogue line, the Classes line or the <dialogue> block"
-        )
-    decoder = json.JSONDecoder()
-    classes = json.loads(classes_match.group(1))
-    utterances = [_read_line(line, classes, decoder) for line in block.group(1).split("\n")]
-    start, last = int(header.group(2)), int(header.group(3))
-    return PromptWindow(
-        dialogue_id=json.loads(header.group(1)),
-        start=start,
-        stop=last + 1,
-        classes=classes,
-        utterances=utterances,
-    )
-
-
-def _read_line(line: str, classes: list[str], decoder: json.JSONDecoder) -> WindowUtterance:
-    m = re.match(r"(\d+) \| speaker ", line)
-    if not m:
-        raise ValueError(f"not an utterance line: {line[:80]!r}")
-    speaker, pos = decoder.raw_decode(line, m.end())
-    if not line.startswith(" | text ", pos):
-        raise ValueError(f"utterance line without a text field: {line[:80]!r}")
-    text, pos = decoder.raw_decode(line, pos + len(" | text "))
-    probs: list[float] = []
-    vad: list[float] | None = None
-    for part in line[pos:].split(" | ")[1:]:
-        key, _, rest = part.partition(" ")
-        if key == "probs":
-            items = rest.split(", ")
-            if len(items) != len(classes):
-                raise ValueError(
-                    f"utterance {m.group(1)}: {len(items)} probabilities for {len(classes)} classes"
-                )
-            probs = [float(item.removeprefix(f"{c} ")) for c, item in zip(classes, items, strict=True)]
-        elif key == "vad":
-            vad = [float(x) for x in _NUMBER.findall(rest)]
-    return WindowUtterance(index=int(m.group(1)), id="", speaker=speaker, text=text, probs=probs, vad=vad)

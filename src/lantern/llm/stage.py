@@ -1,84 +1,70 @@
 """The LLM stage: prompt the LLM once per receptive field and record an answer for every utterance.
 
-Reads ``RUN_DIR/vanilla/predictions-<split>.jsonl`` and the transcripts of the corpus recorded in
-``run.json``; writes ``RUN_DIR/llm/answers-<split>.jsonl`` (one record per window, every window and
-every utterance listed) and ``RUN_DIR/llm/stats.json``. Answers are cached in
-``RUN_DIR/llm/cache.sqlite`` as they arrive, so a killed run resumes where it stopped.
+Reads the vanilla predictions of each split (for ``train``, the cross-fitted ones: the weighter is
+trained with exactly the p the LLM was shown, METHOD.md §4) and the transcripts of the corpus
+recorded in ``run.json``; writes one answers file per split (one record per field, every field and
+every utterance listed), the settings the answers were made with (:class:`LLMSettings`: fields,
+prompt version, endpoint kind and model, and the hashes of the predictions prompted with and of
+the answers written) and the run's figures (:class:`LLMStats`). Answers are cached as they arrive
+(:mod:`lantern.llm.cache`), so a killed run resumes where it stopped.
 
-Windows whose prompt is identical (truncated windows of a short dialogue) share one request; the
-answer is written under each of them with that window's own positions ``b``.
+Fields whose prompt is identical (truncated fields of a short dialogue) share one request; the
+answer is written under each of them with that field's own positions ``b``.
 
-What happens to a window the LLM does not answer (documented choice): every utterance of it falls
+What happens to a field the LLM does not answer (documented choice): every utterance of it falls
 back to its vanilla distribution with a recorded reason — ``budget`` when ``max_cost`` stopped the
 run before sending it, ``request:<why>`` when the request failed after its retries, or the
 parser's reason when the answer for that utterance stayed invalid after ``max_answer_retries``.
-Fallbacks are counted by reason in the stats, and ``complete`` is false when any window was left
+Fallbacks are counted by reason in the stats, and the stage is incomplete when any field was left
 unasked or failed in transport; because only valid answers are cached, running the same command
-again (with a larger budget) asks exactly those windows and nothing else. ``fallback_rate`` is the
-share of utterance answers (one per utterance per window) that fell back.
-
-The cache stores an answer only once every utterance of it parsed (a retried bad answer is never
-stored) and re-validates stored text when it reads it; see :mod:`lantern.llm.cache`.
+again (with a larger budget) asks exactly those fields and nothing else. ``fallback_rate`` is the
+share of utterance answers (one per utterance per field) that fell back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
+from lantern.answers import FALLBACK, FieldAnswer, UtteranceAnswer, write_field_answers
 from lantern.corpus.dialogue import Corpus, Utterance
-from lantern.fields import receptive_fields, unique_windows
+from lantern.errors import LanternError
+from lantern.fields import FieldSpec, ReceptiveField, unique_fields
 from lantern.labels import LabelSet
-from lantern.llm.answers import (
+from lantern.llm.cache import CachedAnswer, ResponseCache, cache_key
+from lantern.llm.client import Budget, BudgetExhausted, LLMClient, RequestFailed, price_for
+from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.endpoint import endpoint, resolve_api_key
+from lantern.llm.formats import (
     DEFAULT_MODE,
-    FALLBACK,
     AnswerError,
     ParsedAnswer,
-    UtteranceAnswer,
-    WindowAnswer,
     answer_schema,
     parse_answer,
     response_format,
-    write_window_answers,
 )
-from lantern.llm.cache import CachedAnswer, ResponseCache, cache_key
-from lantern.llm.client import (
-    Budget,
-    BudgetExhausted,
-    LLMClient,
-    RequestFailed,
-    price_for,
-)
-from lantern.llm.config import LLMConfig
-from lantern.llm.prompt import PromptOptions, WindowUtterance, build_messages, template_version
+from lantern.llm.prompt import FieldUtterance, build_messages, template_version
 from lantern.predictions import Prediction, read_predictions
-from lantern.rundir import RunDir, write_json
+from lantern.rundir import LLMSettings, LLMStats, RunDir, SplitStats, file_hash, write_json
 
 log = logging.getLogger(__name__)
 
-DUMMY_KEY = "sk-local-no-key"
-REMOTE_SERVER_KIND = "openai"
-LOCAL_SERVER_KIND = "llamacpp"
 ANSWER_SLACK_TOKENS = 32
-LOCAL_TIMEOUT = 900.0
 _PARTICULARS = re.compile(r"[:(\"'0-9]")
 
 
 @dataclass
 class _Request:
-    """One distinct prompt (windows with identical prompts share it), and what its answer gave:
+    """One distinct prompt (fields with identical prompts share it), and what its answer gave:
     ``result`` per valid utterance index, ``reasons`` per fallen-back index."""
 
     key: str
@@ -90,28 +76,42 @@ class _Request:
     failed: bool = False
 
 
+class PlannedField(NamedTuple):
+    """A field of a dialogue and the request that answers it."""
+
+    dialogue: str
+    field: ReceptiveField
+    key: str
+
+
 def max_answer_tokens(n_utterances: int, n_classes: int) -> int:
     """Room for the answer: ``"index": "digits",`` is about 6 + C tokens per utterance, plus slack."""
     return n_utterances * (6 + n_classes) + ANSWER_SLACK_TOKENS
 
 
-def resolve_api_key(env_name: str, base_urls: list[str]) -> str:
-    """The key from ``env_name``; a dummy for loopback endpoints without one; else a clear error."""
-    key = os.environ.get(env_name)
-    if key:
-        return key
-    if all((urlsplit(u).hostname or "") in ("127.0.0.1", "localhost", "::1") for u in base_urls):
-        return DUMMY_KEY
-    raise ValueError(
-        f"environment variable {env_name} is not set (it must hold the API key for {base_urls[0]})"
-    )
+def prompt_predictions(run: RunDir, split: str) -> Path:
+    """The vanilla predictions a split's prompts are built from: for ``train``, the cross-fitted ones
+    (the final model's in-sample predictions are nearly always right; prompting with them would
+    teach the weighter to trust answers anchored on near-gold references)."""
+    if split == "train":
+        path = run.vanilla.crossfit_predictions
+        if not path.exists():
+            raise LanternError(
+                f"{path}: prompting the train split needs cross-fitted vanilla predictions "
+                "(train with `lantern train --crossfit K`)"
+            )
+        return path
+    path = run.predictions(split)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no vanilla predictions (run `lantern train` first)")
+    return path
 
 
 def load_run_corpus(run: RunDir) -> Corpus:
     """The corpus recorded in run.json, loaded with the native reader; errors say which and why."""
     path = run.corpus_path()
     if not path.exists():
-        raise FileNotFoundError(f"{path}: the corpus recorded in {run.root / 'run.json'} does not exist")
+        raise FileNotFoundError(f"{path}: the corpus recorded in {run.run_json} does not exist")
     from lantern.corpus.native import load_corpus
 
     return load_corpus(path)
@@ -123,143 +123,122 @@ def run_llm_stage(
     splits: list[str] | tuple[str, ...] = ("dev", "test"),
     *,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Prompt the LLM over every receptive field of ``splits``; write answers and stats; return the stats."""
+    notify: Callable[[str], None] | None = None,
+) -> LLMStats:
+    """Prompt the LLM over every receptive field of ``splits``; write answers, settings and stats."""
     run = RunDir(run_dir)
-    for split in splits:
-        if not run.predictions(split).exists():
-            raise FileNotFoundError(
-                f"{run.predictions(split)}: no vanilla predictions (run `lantern train` first)"
-            )
-    if config.base_urls and not config.model:
-        raise ValueError("--model is required with --base-url")
+    sources = {split: prompt_predictions(run, split) for split in splits}
     corpus = load_run_corpus(run)
-    if not config.base_urls:
-        # llama-cpp-python's server decodes one request at a time: queueing more there only makes
-        # them time out while they wait, and a small CPU model needs minutes for a long window.
-        config = replace(config, concurrency=1, timeout=max(config.timeout, LOCAL_TIMEOUT))
-    with _endpoint(config) as (base_urls, model, server_kind):
-        return asyncio.run(_run(run, corpus, config, list(splits), base_urls, model, server_kind, progress))
-
-
-@contextmanager
-def _endpoint(config: LLMConfig) -> Iterator[tuple[list[str], str, str]]:
-    """(base URLs, model name, server kind): the configured endpoint, or the embedded server for its life."""
-    if config.base_urls:
-        yield list(config.base_urls), str(config.model), config.server_kind or REMOTE_SERVER_KIND
-        return
-    from lantern.llm.local import LocalServer
-
-    with LocalServer(config.local_model) as server:
-        yield [server.base_url], server.model, config.server_kind or LOCAL_SERVER_KIND
+    with endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved:
+        return asyncio.run(_run(run, corpus, config, resolved, sources, progress))
 
 
 async def _run(
     run: RunDir,
     corpus: Corpus,
     config: LLMConfig,
-    splits: list[str],
-    base_urls: list[str],
-    model: str,
-    server_kind: str,
+    ep: Endpoint,
+    sources: dict[str, Path],
     progress: bool,
-) -> dict[str, Any]:
+) -> LLMStats:
     started = time.monotonic()
-    if config.response_format is None and server_kind not in DEFAULT_MODE:
-        raise ValueError(f"unknown server kind {server_kind!r}; known: {', '.join(DEFAULT_MODE)}")
-    api_key = resolve_api_key(config.api_key_env, base_urls)
+    assert ep.model is not None and ep.server_kind is not None
+    if ep.response_format is None and ep.server_kind not in DEFAULT_MODE:
+        raise LanternError(f"unknown server kind {ep.server_kind!r}; known: {', '.join(DEFAULT_MODE)}")
     client = LLMClient(
-        base_urls,
-        model,
-        api_key,
-        concurrency=config.concurrency,
-        rpm=config.rpm,
-        tpm=config.tpm,
-        timeout=config.timeout,
-        max_retries=config.max_retries,
-        backoff_base=config.backoff_base,
-        backoff_max=config.backoff_max,
-        price=price_for(model, config.prices),
-        budget=Budget(config.max_cost),
-        seed=config.seed,
+        ep.base_urls,
+        ep.model,
+        resolve_api_key(ep.api_key_env, ep.base_urls),
+        concurrency=ep.concurrency,
+        rpm=ep.rpm,
+        tpm=ep.tpm,
+        timeout=ep.timeout,
+        max_retries=ep.max_retries,
+        backoff_base=ep.backoff_base,
+        backoff_max=ep.backoff_max,
+        price=price_for(ep.model, ep.prices),
+        budget=Budget(ep.max_cost),
+        seed=ep.seed,
     )
-    cache = ResponseCache(Path(config.cache_path or run.llm / "cache.sqlite"), refresh=config.refresh)
+    cache = ResponseCache(Path(config.cache_path or run.llm.cache), refresh=config.refresh)
     session = _Session(
         config=config,
+        max_answer_retries=ep.max_answer_retries,
         client=client,
         cache=cache,
         labels=corpus.labels,
         texts={u.id: u for d in corpus.dialogues for u in d.utterances},
-        model=model,
-        mode=config.response_format or DEFAULT_MODE[server_kind],
+        model=ep.model,
+        mode=ep.response_format or DEFAULT_MODE[ep.server_kind],
     )
-    split_stats: dict[str, dict[str, Any]] = {}
-    fallbacks: Counter = Counter()
-    totals: Counter = Counter()
+    stats = LLMStats(max_cost=ep.max_cost)
+    settings = _settings(run, config, ep, session)
     try:
-        for split in splits:
-            predictions = read_predictions(run.predictions(split))
-            dialogues = _group_by_dialogue(predictions, session.texts, run.predictions(split))
+        for split, source in sources.items():
+            predictions = read_predictions(source)
+            dialogues = _group_by_dialogue(predictions, session.texts, source)
             plan, requests = await session.ask_split(split, dialogues, progress)
-            windows, counts = _assemble(plan, requests, dialogues, config.stride)
-            write_window_answers(run.answers(split), windows)
-            fallbacks.update(counts)
-            n_answers = sum(len(w.utterances) for w in windows)
-            unanswered = sum(requests[w[4]].failed for w in plan)
-            split_stats[split] = {
-                "windows": len(windows),
-                "windows_unanswered": unanswered,
-                "unique_requests": len(requests),
-                "utterance_answers": n_answers,
-                "fallbacks": dict(sorted(counts.items())),
-                "fallback_rate": sum(counts.values()) / n_answers if n_answers else 0.0,
+            answers, fallbacks = _assemble(plan, requests, dialogues, config.fields)
+            write_field_answers(run.answers(split), answers)
+            settings.splits[split] = {
+                "predictions": file_hash(source),
+                "answers": file_hash(run.answers(split)),
             }
-            totals.update(
-                windows=len(windows),
-                windows_unanswered=unanswered,
+            stats.splits[split] = SplitStats(
+                fields=len(answers),
+                fields_unanswered=sum(requests[p.key].failed for p in plan),
                 unique_requests=len(requests),
-                requests_unanswered=sum(r.failed for r in requests.values()),
-                utterance_answers=n_answers,
+                utterance_answers=sum(len(a.utterances) for a in answers),
+                fallbacks=dict(sorted(fallbacks.items())),
             )
+            stats.requests_unanswered += sum(r.failed for r in requests.values())
     finally:
         cache.close()
         await client.close()
-    n_answers = totals["utterance_answers"]
-    stats = {
-        "model": model,
-        "base_urls": client.base_urls,
-        "server_kind": server_kind,
-        "response_format": session.mode,
-        "template_version": session.version,
-        "stride": config.stride,
-        "t": config.t,
-        "config": config.outputs_config(),
-        "splits": split_stats,
-        "windows": totals["windows"],
-        "unique_requests": totals["unique_requests"],
-        "utterance_answers": n_answers,
-        "requests_sent": client.stats.requests_sent,
-        "requests_per_replica": client.stats.per_replica,
-        "max_in_flight": client.stats.max_in_flight,
-        "cache_hits": session.cache_hits,
-        "served_models": dict(sorted(session.served_models.items())),
-        "retries": client.stats.retries,
-        "answer_retries": session.answer_retries,
-        "transport_errors": dict(sorted(client.stats.errors.items())),
-        "fallbacks": dict(sorted(fallbacks.items())),
-        "fallback_rate": sum(fallbacks.values()) / n_answers if n_answers else 0.0,
-        "prompt_tokens": client.stats.prompt_tokens,
-        "completion_tokens": client.stats.completion_tokens,
-        "cost_usd": round(client.stats.cost_usd, 6),
-        "max_cost": config.max_cost,
-        "windows_answered": totals["windows"] - totals["windows_unanswered"],
-        "windows_unanswered": totals["windows_unanswered"],
-        "requests_unanswered": totals["requests_unanswered"],
-        "complete": totals["windows_unanswered"] == 0,
-        "wall_seconds": round(time.monotonic() - started, 3),
-    }
-    write_json(run.llm / "stats.json", stats)
+    settings.served_models = dict(sorted(session.served_models.items()))
+    stats.requests_sent = client.stats.requests_sent
+    stats.requests_per_replica = list(client.stats.per_replica)
+    stats.max_in_flight = client.stats.max_in_flight
+    stats.cache_hits = session.cache_hits
+    stats.retries = client.stats.retries
+    stats.answer_retries = session.answer_retries
+    stats.transport_errors = dict(sorted(client.stats.errors.items()))
+    stats.prompt_tokens = client.stats.prompt_tokens
+    stats.completion_tokens = client.stats.completion_tokens
+    stats.cost_usd = round(client.stats.cost_usd, 6)
+    stats.wall_seconds = round(time.monotonic() - started, 3)
+    write_json(run.llm.settings, settings.to_json())
+    write_json(run.llm.stats, stats.to_json())
     return stats
+
+
+def _settings(run: RunDir, config: LLMConfig, ep: Endpoint, session: _Session) -> LLMSettings:
+    """This run's settings; the splits answered earlier with the same settings stay recorded, the
+    others (made with other settings) are dropped, so their answers can no longer be fused."""
+    settings = LLMSettings(
+        model=str(ep.model),
+        server_kind=str(ep.server_kind),
+        response_format=session.mode,
+        stride=config.fields.stride,
+        t=config.fields.t,
+        template=config.prompt.template,
+        template_version=session.version,
+        answer_format="digits",
+        include_probs=config.prompt.include_probs,
+        include_vad=config.prompt.include_vad,
+    )
+    if run.llm.settings.exists():
+        previous = LLMSettings.read(run.llm.settings)
+        if _same_identity(previous, settings):
+            settings.splits = dict(previous.splits)
+    return settings
+
+
+def _same_identity(a: LLMSettings, b: LLMSettings) -> bool:
+    keep = ("splits", "served_models")
+    return {k: v for k, v in a.to_json().items() if k not in keep} == {
+        k: v for k, v in b.to_json().items() if k not in keep
+    }
 
 
 def _group_by_dialogue(
@@ -269,12 +248,9 @@ def _group_by_dialogue(
     dialogues: dict[str, list[Prediction]] = {}
     for p in predictions:
         if p.id not in texts:
-            raise ValueError(f"{path}: dialogue {p.dialogue}, utterance {p.id}: not in the run's corpus")
+            raise LanternError(f"{path}: dialogue {p.dialogue}, utterance {p.id}: not in the run's corpus")
         dialogues.setdefault(p.dialogue, []).append(p)
     return dialogues
-
-
-Window = tuple[str, int, int, int, str]  # (dialogue, k, start, stop, request key)
 
 
 @dataclass
@@ -282,6 +258,7 @@ class _Session:
     """What every request of one stage run shares: endpoint, cache, prompt settings, counters."""
 
     config: LLMConfig
+    max_answer_retries: int
     client: LLMClient
     cache: ResponseCache
     labels: LabelSet
@@ -293,22 +270,17 @@ class _Session:
     served_models: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self.options = PromptOptions(
-            include_probs=self.config.include_probs,
-            include_vad=self.config.include_vad,
-            template=self.config.template,
-        )
-        self.version = template_version(self.options)
+        self.version = template_version(self.config.prompt)
         self.classes = list(self.labels.classes)
 
     async def ask_split(
         self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
-    ) -> tuple[list[Window], dict[str, _Request]]:
-        """Plan every window and answer every distinct request; sending starts while planning goes on.
+    ) -> tuple[list[PlannedField], dict[str, _Request]]:
+        """Plan every field and answer every distinct request; sending starts while planning goes on.
 
         The first fatal error (credentials) cancels the rest and is raised.
         """
-        plan: list[Window] = []
+        plan: list[PlannedField] = []
         requests: dict[str, _Request] = {}
         bar = tqdm(desc=f"llm {split}", unit="req", disable=not progress)
 
@@ -330,16 +302,18 @@ class _Session:
         return plan, requests
 
     def plan_dialogue(
-        self, dialogue_id: str, preds: list[Prediction], plan: list[Window], requests: dict[str, _Request]
+        self,
+        dialogue_id: str,
+        preds: list[Prediction],
+        plan: list[PlannedField],
+        requests: dict[str, _Request],
     ) -> list[_Request]:
-        """Append the dialogue's windows to ``plan`` (in order of k); return its requests not seen before."""
-        config = self.config
+        """Append the dialogue's fields to ``plan`` (in order of k); return its requests not seen before."""
         fresh: list[_Request] = []
-        windows: list[Window] = []
-        fields = receptive_fields(len(preds), config.stride, config.t)
-        for (start, stop), group in unique_windows(fields).items():
+        planned: list[PlannedField] = []
+        for (start, stop), group in unique_fields(self.config.fields.fields(len(preds))).items():
             utterances = [
-                WindowUtterance(
+                FieldUtterance(
                     index=i,
                     id=preds[i].id,
                     speaker=self.texts[preds[i].id].speaker,
@@ -350,7 +324,7 @@ class _Session:
                 for i in range(start, stop)
             ]
             indices = list(range(start, stop))
-            messages = build_messages(dialogue_id, start, stop, utterances, self.labels, self.options)
+            messages = build_messages(dialogue_id, start, stop, utterances, self.labels, self.config.prompt)
             params: dict[str, Any] = {
                 "temperature": 0,
                 "max_tokens": max_answer_tokens(stop - start, len(self.classes)),
@@ -362,8 +336,8 @@ class _Session:
             if key not in requests:
                 requests[key] = _Request(key=key, messages=messages, params=params, indices=indices)
                 fresh.append(requests[key])
-            windows.extend((dialogue_id, f.k, start, stop, key) for f in group)
-        plan.extend(sorted(windows, key=lambda w: w[1]))
+            planned.extend(PlannedField(dialogue_id, f, key) for f in group)
+        plan.extend(sorted(planned, key=lambda p: p.field.k))
         return fresh
 
     async def ask(self, request: _Request) -> None:
@@ -380,7 +354,7 @@ class _Session:
             log.warning("a cached answer no longer validates (%s); asking again", request.key[:12])
             self.cache.delete(request.key)
         best: ParsedAnswer | None = None
-        for attempt in range(self.config.max_answer_retries + 1):
+        for attempt in range(self.max_answer_retries + 1):
             try:
                 completion = await self.client.complete(request.messages, request.params)
             except BudgetExhausted:
@@ -408,7 +382,7 @@ class _Session:
                 return
             if best is None or len(parsed.errors) < len(best.errors):
                 best = parsed
-            if attempt < self.config.max_answer_retries:
+            if attempt < self.max_answer_retries:
                 self.answer_retries += 1
         assert best is not None
         request.result = {i: p for i, p in best.probs.items() if i not in best.errors}
@@ -418,7 +392,7 @@ class _Session:
 
 
 def _fail_all(request: _Request, reason: str) -> None:
-    """No answer at all (budget, transport): every utterance of the window falls back."""
+    """No answer at all (budget, transport): every utterance of the field falls back."""
     request.result = {}
     request.reasons = dict.fromkeys(request.indices, reason)
     request.failed = True
@@ -441,34 +415,37 @@ def reason_category(message: str) -> str:
 
 
 def _assemble(
-    plan: list[tuple[str, int, int, int, str]],
+    plan: list[PlannedField],
     requests: dict[str, _Request],
     dialogues: dict[str, list[Prediction]],
-    stride: int,
-) -> tuple[list[WindowAnswer], Counter]:
-    """One WindowAnswer per window, every utterance present; fallbacks carry vanilla probs and a reason."""
-    windows: list[WindowAnswer] = []
+    spec: FieldSpec,
+) -> tuple[list[FieldAnswer], Counter]:
+    """One FieldAnswer per field, every utterance present; fallbacks carry vanilla probs and a reason."""
+    answers: list[FieldAnswer] = []
     counts: Counter = Counter()
-    for dialogue_id, k, start, stop, key in plan:
-        request = requests[key]
-        preds = dialogues[dialogue_id]
+    for planned in plan:
+        request = requests[planned.key]
+        preds = dialogues[planned.dialogue]
+        f = planned.field
         utterances = []
-        for i in range(start, stop):
-            b = i // stride - k  # receptive-field position (METHOD.md §2)
+        for i in range(f.start, f.stop):
+            m = spec.position(i, f)
             if i in request.result:
-                utterances.append(UtteranceAnswer(id=preds[i].id, b=b, r=i - start, probs=request.result[i]))
+                utterances.append(UtteranceAnswer(id=preds[i].id, b=m.b, r=m.r, probs=request.result[i]))
             else:
                 reason = request.reasons.get(i, "missing")
                 counts[reason] += 1
                 utterances.append(
                     UtteranceAnswer(
                         id=preds[i].id,
-                        b=b,
-                        r=i - start,
+                        b=m.b,
+                        r=m.r,
                         probs=list(preds[i].probs),
                         status=FALLBACK,
                         reason=reason,
                     )
                 )
-        windows.append(WindowAnswer(dialogue=dialogue_id, start=start, stop=stop, utterances=utterances))
-    return windows, counts
+        answers.append(
+            FieldAnswer(dialogue=planned.dialogue, start=f.start, stop=f.stop, utterances=utterances)
+        )
+    return answers, counts

@@ -15,6 +15,8 @@ import torch
 from lantern.corpus.dialogue import Dialogue
 
 IGNORE_LABEL = -100
+VAD_NAMES = ("valence", "arousal", "dominance")
+VAD_DIMS = len(VAD_NAMES)
 
 
 @dataclass
@@ -34,7 +36,6 @@ class Batch:
     labels: torch.Tensor
     vad: torch.Tensor
     vad_mask: torch.Tensor
-    dialogue_ids: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -45,7 +46,6 @@ class Batch:
             labels=self.labels.to(device, non_blocking=True),
             vad=self.vad.to(device, non_blocking=True),
             vad_mask=self.vad_mask.to(device, non_blocking=True),
-            dialogue_ids=self.dialogue_ids,
         )
 
 
@@ -114,5 +114,4 @@ def collate(dialogues: Sequence[Dialogue], speaker_vocab: dict[str, int], modali
         labels=labels,
         vad=vad,
         vad_mask=vad_mask,
-        dialogue_ids=[d.id for d in dialogues],
     )

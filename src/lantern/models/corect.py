@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lantern.corpus.dialogue import MODALITIES
+from lantern.errors import LanternError
 from lantern.models.batch import IGNORE_LABEL, Batch, ModelOutput
 from lantern.models.heads import VADHead
 
-MODALITIES = ("t", "a", "v")
 TEXT_ENCODERS = ("transformer", "mlp", "lstm")
 
 
@@ -67,22 +68,24 @@ class CORECTConfig:
     def __post_init__(self) -> None:
         unknown = set(self.widths) - set(MODALITIES)
         if not self.widths or unknown:
-            raise ValueError(f"CORECT widths must name some of {MODALITIES}, got {sorted(self.widths)}")
+            raise LanternError(f"CORECT widths must name some of {MODALITIES}, got {sorted(self.widths)}")
         if any(w < 1 for w in self.widths.values()):
-            raise ValueError(f"CORECT widths must be positive, got {self.widths}")
+            raise LanternError(f"CORECT widths must be positive, got {self.widths}")
         if self.n_classes < 2 or self.n_speakers < 1:
-            raise ValueError(
+            raise LanternError(
                 f"CORECT needs n_classes >= 2 and n_speakers >= 1, got {self.n_classes}, {self.n_speakers}"
             )
         if self.wp < 0 or self.wf < 1:
-            raise ValueError(
+            raise LanternError(
                 f"CORECT window [j-wp, j+wf) must contain j: wp >= 0, wf >= 1, got {self.wp}, {self.wf}"
             )
         if self.text_encoder not in TEXT_ENCODERS:
-            raise ValueError(f"CORECT text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+            raise LanternError(
+                f"CORECT text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}"
+            )
         for name, width, heads in self._attention_widths():
             if width % heads:
-                raise ValueError(f"CORECT {name} width {width} is not divisible by its {heads} heads")
+                raise LanternError(f"CORECT {name} width {width} is not divisible by its {heads} heads")
 
     def _attention_widths(self) -> list[tuple[str, int, int]]:
         checks = [("graph", self.hidden * self.gnn_heads, self.gnn_heads)]
@@ -310,10 +313,10 @@ def dialogue_graph(lengths: torch.Tensor, n_modalities: int, wp: int, wf: int) -
     m_count = n_modalities
     b = lengths.shape[0]
     n = int(lengths.max())
-    t = int(lengths.sum())
+    total = int(lengths.sum())
     dialogue = torch.repeat_interleave(torch.arange(b, device=device), lengths)
     starts = torch.cumsum(lengths, 0) - lengths
-    utterance = torch.arange(t, device=device)
+    utterance = torch.arange(total, device=device)
     position = utterance - starts[dialogue]
 
     offsets = torch.arange(-wp, wf, device=device)
@@ -323,28 +326,28 @@ def dialogue_graph(lengths: torch.Tensor, n_modalities: int, wp: int, wf: int) -
     step = offsets[None, :].expand_as(target)[valid]
     direction = torch.sign(step) + 1
     modality = torch.arange(m_count, device=device)[:, None]
-    temporal_src = (modality * t + src_u).reshape(-1)
-    temporal_dst = (modality * t + src_u + step).reshape(-1)
+    temporal_src = (modality * total + src_u).reshape(-1)
+    temporal_dst = (modality * total + src_u + step).reshape(-1)
     temporal_rel = (3 * modality + direction).reshape(-1)
 
     pairs = torch.tensor(
         [(i, j) for i in range(m_count) for j in range(m_count) if i != j], dtype=torch.long, device=device
     ).reshape(-1, 2)
-    cross_src = (pairs[:, :1] * t + utterance).reshape(-1)
-    cross_dst = (pairs[:, 1:] * t + utterance).reshape(-1)
-    cross_rel = (3 * m_count + torch.arange(len(pairs), device=device))[:, None].expand(-1, t).reshape(-1)
+    cross_src = (pairs[:, :1] * total + utterance).reshape(-1)
+    cross_dst = (pairs[:, 1:] * total + utterance).reshape(-1)
+    cross_rel = (3 * m_count + torch.arange(len(pairs), device=device))[:, None].expand(-1, total).reshape(-1)
 
     src = torch.cat([temporal_src, cross_src])
     dst = torch.cat([temporal_dst, cross_dst])
     relation = torch.cat([temporal_rel, cross_rel])
     r_count = n_relations(m_count)
     key = dst * r_count + relation
-    count = torch.zeros(m_count * t * r_count, device=device).index_add_(
+    count = torch.zeros(m_count * total * r_count, device=device).index_add_(
         0, key, torch.ones_like(key, dtype=torch.float)
     )
     norm = 1.0 / count[key]
 
-    node_modality = torch.arange(m_count, device=device).repeat_interleave(t)
+    node_modality = torch.arange(m_count, device=device).repeat_interleave(total)
     node_utterance = utterance.repeat(m_count)
     dense_slot = node_modality * n + position[node_utterance]
     dense_index = dialogue[node_utterance] * (m_count * n) + dense_slot
@@ -548,8 +551,8 @@ class CORECT(nn.Module):
         encoded = {m: self.encoders[m](batch.features[m], mask) + speakers for m in self.config.modalities}
         graph = dialogue_graph(batch.lengths.to(mask.device), len(encoded), self.config.wp, self.config.wf)
         nodes = torch.cat([x[mask] for x in encoded.values()])
-        t = nodes.shape[0] // len(encoded)
-        graph_out = self.graph(nodes, graph).view(len(encoded), t, -1).transpose(0, 1).reshape(t, -1)
+        total = nodes.shape[0] // len(encoded)
+        graph_out = self.graph(nodes, graph).view(len(encoded), total, -1).transpose(0, 1).reshape(total, -1)
         if self.pcm is None:
             return graph_out
         return torch.cat([graph_out, self.pcm(encoded, mask)[mask]], dim=-1)

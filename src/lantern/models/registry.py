@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from lantern.corpus.dialogue import MODALITIES, Corpus
+from lantern.errors import LanternError
 from lantern.models.corect import CORECT, CORECTConfig
 from lantern.models.sdt import SDT, SDTConfig
 
@@ -25,7 +26,7 @@ def _lookup(name: str) -> tuple[type[nn.Module], type]:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+        raise LanternError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
 
 
 def build_model(name: str, config: dict | Any) -> nn.Module:
@@ -51,7 +52,7 @@ def select_modalities(corpus: Corpus, modalities: Sequence[str] | None) -> dict[
     chosen = list(corpus.modalities) if modalities is None else list(modalities)
     missing = [m for m in chosen if m not in corpus.modalities]
     if missing or not chosen:
-        raise ValueError(
+        raise LanternError(
             f"modalities {chosen} are not a non-empty subset of the corpus's {sorted(corpus.modalities)}"
         )
     return {m: corpus.modalities[m] for m in MODALITIES if m in chosen}

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lantern.corpus.dialogue import MODALITIES
+from lantern.errors import LanternError
 from lantern.models.batch import IGNORE_LABEL, Batch, ModelOutput
 from lantern.models.heads import VADHead
-
-MODALITY_ORDER = ("t", "a", "v")
 
 
 @dataclass
@@ -48,22 +48,24 @@ class SDTConfig:
     vad_head: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.widths) - set(MODALITY_ORDER))
+        unknown = sorted(set(self.widths) - set(MODALITIES))
         if not self.widths or unknown:
-            raise ValueError(f"SDT needs a non-empty subset of modalities t, a, v; got {sorted(self.widths)}")
+            raise LanternError(
+                f"SDT needs a non-empty subset of modalities t, a, v; got {sorted(self.widths)}"
+            )
         if self.n_classes < 1 or self.n_speakers < 1:
-            raise ValueError(
+            raise LanternError(
                 f"SDT needs n_classes >= 1 and n_speakers >= 1, got {self.n_classes}, {self.n_speakers}"
             )
         if self.hidden % self.heads:
-            raise ValueError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
+            raise LanternError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if self.temperature <= 0:
-            raise ValueError(f"distillation temperature must be > 0, got {self.temperature}")
+            raise LanternError(f"distillation temperature must be > 0, got {self.temperature}")
 
     @property
     def modalities(self) -> list[str]:
         """Present modalities in canonical order t, a, v."""
-        return [m for m in MODALITY_ORDER if m in self.widths]
+        return [m for m in MODALITIES if m in self.widths]
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -150,8 +152,9 @@ class EncoderLayer(nn.Module):
     def __init__(self, hidden: int, heads: int, feedforward: int, dropout: float) -> None:
         super().__init__()
         # Never applied: the public layer norms its input only from its second layer on and has one
-        # layer, yet defines the norm — its weights are part of the published parameter count.
-        self.attention_norm = nn.LayerNorm(hidden, eps=1e-6)
+        # layer, yet defines the norm — its weights are part of the published parameter count. Frozen,
+        # so the optimiser does not carry state for weights that get no gradient.
+        self.attention_norm = nn.LayerNorm(hidden, eps=1e-6).requires_grad_(False)
         self.attention = MultiHeadAttention(hidden, heads, dropout)
         self.feedforward_norm = nn.LayerNorm(hidden, eps=1e-6)
         self.feedforward = nn.Sequential(
@@ -194,7 +197,7 @@ class SDT(nn.Module):
         )
         # Last row: the padding speaker (never trained, zero).
         self.speaker_embedding = nn.Embedding(config.n_speakers + 1, h, padding_idx=config.n_speakers)
-        streams = [_stream(s, t) for t in mods for s in mods]
+        streams = [_stream(source, target) for target in mods for source in mods]
         self.encoders = nn.ModuleDict(
             {k: EncoderLayer(h, config.heads, config.feedforward, config.dropout) for k in streams}
         )
@@ -256,13 +259,13 @@ class SDT(nn.Module):
         utterances, labelled or not, since it needs no label.
         """
         loss = _nll(output.log_probs, batch.labels, class_weights)
-        t = self.config.temperature
+        temperature = self.config.temperature
         # log_softmax(log_softmax(z) / T) == log_softmax(z / T): shifts per row do not matter.
-        teacher = F.log_softmax(output.log_probs / t, dim=-1)
+        teacher = F.log_softmax(output.log_probs / temperature, dim=-1)
         real = batch.mask
         for log_probs in output.aux_log_probs.values():
             loss = loss + _nll(log_probs, batch.labels, class_weights)
-            student = F.log_softmax(log_probs / t, dim=-1)
+            student = F.log_softmax(log_probs / temperature, dim=-1)
             kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # (B, N)
             loss = loss + kl[real].mean()
         return loss

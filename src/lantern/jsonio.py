@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lantern.corpus.dialogue import CorpusError
+from lantern.errors import CorpusError
 
 # Lantern's own files nest four levels (dialogue > utterances > utterance > vad); 100 leaves room
 # for any hand-written file and stays far below Python's recursion limit (1000).

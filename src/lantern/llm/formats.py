@@ -1,15 +1,6 @@
-"""What the LLM stage hands to fusion: per window, per utterance, an adjusted distribution.
+"""How the LLM is asked to answer one field, and how its answer is read.
 
-``answers-<split>.jsonl`` holds one object per receptive field::
-
-    {"dialogue": ..., "start": 0, "stop": 12,
-     "utterances": [{"id": ..., "b": 2, "r": 0, "probs": [...], "status": "ok"|"fallback",
-                     "reason": null|"..."}]}
-
-``b`` is the receptive-field position (0..t-1), ``r`` the offset inside the window. A fallback
-utterance carries its vanilla distribution and the reason the LLM's answer was not used.
-
-The LLM's own answer to one window is a JSON object in a compact form that keeps the answer short
+The LLM's answer to one field is a JSON object in a compact form that keeps the answer short
 (10-12 tokens per utterance with a 6-class label set in SmolLM2's tokenizer, which splits every
 digit; a string of integer percentages costs about 20): each utterance index maps to a string of
 one digit per class, in class order, from 0 (impossible) to 9 (certain), read as relative weights::
@@ -26,64 +17,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+from lantern.errors import LanternError
 from lantern.llm.prompt import CLASS_GLOSS
-from lantern.rundir import atomic_write_text
-
-OK = "ok"
-FALLBACK = "fallback"
-
-
-@dataclass
-class UtteranceAnswer:
-    id: str
-    b: int
-    r: int
-    probs: list[float]
-    status: str = OK
-    reason: str | None = None
-
-
-@dataclass
-class WindowAnswer:
-    dialogue: str
-    start: int
-    stop: int
-    utterances: list[UtteranceAnswer] = field(default_factory=list)
-
-
-def write_window_answers(path: str | Path, windows: Iterable[WindowAnswer]) -> None:
-    lines = [json.dumps(asdict(w), separators=(",", ":")) for w in windows]
-    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
-
-
-def read_window_answers(path: str | Path) -> list[WindowAnswer]:
-    path = Path(path)
-    out: list[WindowAnswer] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                out.append(
-                    WindowAnswer(
-                        dialogue=str(obj["dialogue"]),
-                        start=int(obj["start"]),
-                        stop=int(obj["stop"]),
-                        utterances=[UtteranceAnswer(**u) for u in obj["utterances"]],
-                    )
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a window answer record ({exc})") from exc
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The LLM's answer: schema, structured-output request field, tolerant parsing.
 
 MODES = ("json_schema", "json_object_schema", "json_object", "none")
 # How each kind of server is asked for structured output. llama.cpp's servers (llama-server before
@@ -97,7 +34,7 @@ DEFAULT_MODE: dict[str, str] = {
     "ollama": "json_schema",
     "other": "none",
 }
-SCHEMA_NAME = "lantern_window_answer"
+SCHEMA_NAME = "lantern_field_answer"
 
 
 class AnswerError(ValueError):
@@ -145,7 +82,7 @@ def response_format(mode: str, schema: dict, *, name: str = SCHEMA_NAME) -> dict
         return {"type": "json_object"}
     if mode == "none":
         return None
-    raise ValueError(f"unknown structured-output mode {mode!r}; known: {', '.join(MODES)}")
+    raise LanternError(f"unknown structured-output mode {mode!r}; known: {', '.join(MODES)}")
 
 
 def compact_answer(probs: dict[int, list[float]]) -> str:
@@ -161,7 +98,7 @@ def compact_answer(probs: dict[int, list[float]]) -> str:
 
 
 def answer_char_limit(n_utterances: int) -> int:
-    """Longest answer text accepted for a window: generous for every accepted form, short of a runaway."""
+    """Longest answer text accepted for a field: generous for every accepted form, short of a runaway."""
     return 2000 + 500 * n_utterances
 
 
@@ -178,7 +115,7 @@ def parse_answer(
     *,
     max_chars: int | None = None,
 ) -> ParsedAnswer:
-    """Read an LLM answer for the window ``indices``; AnswerError when no usable JSON object is in it.
+    """Read an LLM answer for the field ``indices``; AnswerError when no usable JSON object is in it.
 
     Accepted (tolerantly: code fences and prose around the object are skipped, the first balanced
     object is taken, one wrapping object such as ``{"answer": {...}}`` is looked through): per index,
@@ -264,9 +201,9 @@ def _from_string(value: str, classes: list[str] | tuple[str, ...]) -> tuple[list
     n = len(classes)
     if len(value) == n and value.isdigit() and value.isascii():
         return [int(c) for c in value], None
-    tokens = [t for t in _SEPARATORS.split(value) if t]
-    if tokens and all(_NUMBER_TOKEN.match(t) for t in tokens):
-        return _from_list([_NUMBER_TOKEN.match(t).group(1) for t in tokens], n)
+    tokens = [token for token in _SEPARATORS.split(value) if token]
+    if tokens and all(_NUMBER_TOKEN.match(token) for token in tokens):
+        return _from_list([_NUMBER_TOKEN.match(token).group(1) for token in tokens], n)
     pairs = _NAMED_PAIR.findall(value)
     if pairs and _NAMED_PAIR.sub("", value).strip(" \t,;/|") == "":
         return _from_names(pairs, classes)

@@ -6,21 +6,36 @@ import base64
 import re
 
 import pytest
-from fusion_synth import make_run
 
 from lantern.evaluation import evaluate_run
 from lantern.fusion import fuse_run
 from lantern.report import redact, write_report
+from lantern.rundir import RunDir
+from lantern.testing.runs import dialogue_sizes, make_corpus, make_run, write_answers
 
 FAST = {"hidden_sizes": [8], "weight_decays": [1e-2], "epoch_grid": [60], "folds": 3}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def fused_run(root, *, seed: int = 0, run_dir=None, model: str = "simulated-llm") -> RunDir:
+    corpus = make_corpus(dialogue_sizes({"dev": 6, "test": 6}, (8, 20)))
+    run = make_run(root, corpus, seed=seed, run_dir=run_dir)
+    write_answers(run, seed=seed, model=model)
+    # A config that holds a secret, as a careless user might write one.
+    record = run.load()
+    record["config"] = {"llm": {"model": model, "api_key": "sk-secret-value"}}
+    run.save(record)
+    return run
+
+
 def _run(root, model: str, seeds=(0, 1)):
     for seed in seeds:
-        run = make_run(root / f"seed-{seed}", seed=seed, n_dev=6, n_test=6, model=model)
+        run = fused_run(root, seed=seed, run_dir=root / f"seed-{seed}", model=model)
         fuse_run(
-            run, ["uniform", "position", "attention"], seed=seed, params={"position": FAST, "attention": FAST}
+            run.root,
+            ["uniform", "position", "attention"],
+            seed=seed,
+            params={"position": FAST, "attention": FAST},
         )
     evaluate_run(root, n_resamples=50)
     return root
@@ -67,10 +82,10 @@ def test_report_of_a_real_llm_run_has_no_banner(tmp_path):
 
 
 def test_report_evaluates_when_metrics_are_missing(tmp_path):
-    run = make_run(tmp_path, n_dev=6, n_test=6)
-    fuse_run(run, ["uniform"])
-    index = write_report(run)
-    assert (run / "eval" / "metrics.json").exists() and index.exists()
+    run = fused_run(tmp_path)
+    fuse_run(run.root, ["uniform"])
+    index = write_report(run.root)
+    assert run.eval_metrics.exists() and index.exists()
     # Without a trained method there are no attention weights to plot beyond uniform's own.
     assert "uniform" in index.read_text(encoding="utf-8")
 

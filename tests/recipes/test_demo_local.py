@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from lantern.rundir import LLMSettings, LLMStats, RunDir
+
 pytest.importorskip("llama_cpp", reason="the embedded LLM needs the 'local' extra")
 
 
@@ -35,8 +37,9 @@ def test_demo_runs_end_to_end_with_the_embedded_llm(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "attention (Lantern)" in out.stdout
     assert (tmp_path / "demo" / "report" / "index.html").exists()
-    stats = json.loads((tmp_path / "demo" / "seed-0" / "llm" / "stats.json").read_text())
-    assert stats["requests_sent"] > 0 and stats["served_models"]
-    answers = (tmp_path / "demo" / "seed-0" / "llm" / "answers-test.jsonl").read_text().splitlines()
+    seed_run = RunDir(tmp_path / "demo").seed(0)
+    stats, settings = LLMStats.read(seed_run.llm.stats), LLMSettings.read(seed_run.llm.settings)
+    assert stats.requests_sent > 0 and settings.served_models
+    answers = seed_run.answers("test").read_text().splitlines()
     statuses = {u["status"] for line in answers for u in json.loads(line)["utterances"]}
     assert statuses <= {"ok", "fallback"}

@@ -12,21 +12,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
 
 from lantern.cli import main
 from lantern.errors import StageIncomplete
 from lantern.evaluation import results_table
-from lantern.llm.testserver import reset_server, running_test_server, server_stats
-from lantern.pipeline import load_config, run_pipeline
-from lantern.rundir import read_json
+from lantern.fields import FieldSpec
+from lantern.recipes.config import load_config
+from lantern.recipes.pipeline import run_pipeline
+from lantern.rundir import LLMSettings, LLMStats, RunDir, read_json
+from lantern.testing.server import reset_server, running_test_server, server_stats
+from tests.corpus.corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle
 
 
 def _chat_requests(url: str) -> int:
     return int(server_stats(url)["chat_completions"])
 
 
-def test_run_writes_every_stage_then_skips_them(tiny_corpus, tmp_path):
+def test_run_writes_every_stage_then_skips_them(tiny_corpus, tiny_config, tmp_path):
     corpus_dir, gold = tiny_corpus
     run_dir = tmp_path / "run"
     with running_test_server(simulate=[gold], accuracy=0.9) as url:
@@ -56,23 +58,23 @@ def test_run_writes_every_stage_then_skips_them(tiny_corpus, tmp_path):
         assert _chat_requests(url) == sent
 
 
-def test_changed_llm_setting_reruns_llm_and_later_stages_only(tiny_corpus, tmp_path):
+def test_changed_llm_setting_reruns_llm_and_later_stages_only(tiny_corpus, tiny_config, tmp_path):
     corpus_dir, gold = tiny_corpus
     run_dir = tmp_path / "run"
     with running_test_server(simulate=[gold]) as url:
         config = tiny_config(corpus_dir, url)
         run_pipeline(config, run_dir, progress=False)
         messages: list[str] = []
-        changed = replace(config, llm=replace(config.llm, t=3))
+        changed = replace(config, llm=replace(config.llm, fields=FieldSpec(stride=2, t=3)))
         run_pipeline(changed, run_dir, notify=messages.append, progress=False)
     ran = {m.split("]")[0].strip("[") for m in messages if m.endswith("running")}
     skipped = {m.split("]")[0].strip("[") for m in messages if "skipped" in m}
     assert skipped == {"corpus", "vanilla/seed-0"}
     assert ran == {"llm/seed-0", "fusion/seed-0", "eval", "report"}
-    assert read_json(run_dir / "seed-0" / "llm" / "stats.json")["t"] == 3
+    assert LLMSettings.read(RunDir(run_dir).seed(0).llm.settings).t == 3
 
 
-def test_from_stage_forces_that_stage_and_later(tiny_corpus, tmp_path):
+def test_from_stage_forces_that_stage_and_later(tiny_corpus, tiny_config, tmp_path):
     corpus_dir, gold = tiny_corpus
     with running_test_server(simulate=[gold]) as url:
         config = tiny_config(corpus_dir, url)
@@ -86,7 +88,7 @@ def test_from_stage_forces_that_stage_and_later(tiny_corpus, tmp_path):
     ]
 
 
-def test_several_seeds_give_mean_and_std(tiny_corpus, tmp_path):
+def test_several_seeds_give_mean_and_std(tiny_corpus, tiny_config, tmp_path):
     corpus_dir, gold = tiny_corpus
     with running_test_server(simulate=[gold], accuracy=0.8) as url:
         result = run_pipeline(tiny_config(corpus_dir, url, seeds=(0, 1)), tmp_path / "run", progress=False)
@@ -107,7 +109,10 @@ def test_toml_config_resolves_relative_paths_and_names_unknown_keys(tmp_path):
     config = load_config(good)
     assert config.corpus.path == str((tmp_path / "data").resolve())
     assert config.run_dir == str((tmp_path / "runs" / "x").resolve())
-    assert config.vanilla.seeds == [1, 2] and config.llm.t == 2 and config.fusion.methods == ["attention"]
+    assert (
+        config.vanilla.seeds == [1, 2] and config.llm.fields.t == 2 and config.fusion.methods == ["attention"]
+    )
+    assert config.llm.endpoint.model == "m" and config.llm.fields.stride == FieldSpec().stride
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[vanilla]\nmodel = "corect"\nepoch = 3\n')
@@ -158,9 +163,9 @@ def test_killed_run_resumes_without_redoing_finished_work(tiny_corpus, tmp_path)
         assert out.returncode == 0, out.stderr
         assert "[vanilla/seed-0] up to date, skipped" in out.stderr
         resent = _chat_requests(url)
-        stats = read_json(run_dir / "seed-0" / "llm" / "stats.json")
-        assert stats["cache_hits"] >= 1
-        assert resent == stats["unique_requests"] - stats["cache_hits"]
+        stats = LLMStats.read(RunDir(run_dir).seed(0).llm.stats)
+        assert stats.cache_hits >= 1
+        assert resent == stats.unique_requests - stats.cache_hits
         assert before >= 4
     assert (run_dir / "report" / "index.html").exists()
 
@@ -189,30 +194,29 @@ def test_demo_command_prints_table_and_report_path(tmp_path, capsys):
     assert f"report: {(tmp_path / 'demo' / 'report' / 'index.html').resolve()}" in out
 
 
-def test_budget_stop_is_reported_and_a_larger_budget_continues(tiny_corpus, tmp_path):
+def test_budget_stop_is_reported_and_a_larger_budget_continues(tiny_corpus, tiny_config, tmp_path):
     corpus_dir, gold = tiny_corpus
     with running_test_server(simulate=[gold]) as url:
         config = tiny_config(corpus_dir, url)
-        config.llm = replace(config.llm, prices={"sim": [1000.0, 1000.0]}, max_cost=1.0, concurrency=1)
+        endpoint = replace(config.llm.endpoint, prices={"sim": [1000.0, 1000.0]}, max_cost=1.0, concurrency=1)
+        config.llm = replace(config.llm, endpoint=endpoint)
         with pytest.raises(StageIncomplete, match="run the same command again"):
             run_pipeline(config, tmp_path / "run", progress=False)
-        stats = read_json(tmp_path / "run" / "seed-0" / "llm" / "stats.json")
-        assert not stats["complete"] and stats["fallbacks"].get("budget", 0) > 0
-        assert stats["cost_usd"] <= 1.0
+        stats_path = RunDir(tmp_path / "run").seed(0).llm.stats
+        stats = LLMStats.read(stats_path)
+        assert not stats.complete and stats.fallbacks.get("budget", 0) > 0
+        assert stats.cost_usd <= 1.0
         first = _chat_requests(url)
 
-        config.llm = replace(config.llm, max_cost=None)
+        config.llm = replace(config.llm, endpoint=replace(endpoint, max_cost=None))
         run_pipeline(config, tmp_path / "run", progress=False)
-        stats = read_json(tmp_path / "run" / "seed-0" / "llm" / "stats.json")
-        assert stats["complete"] and stats["cache_hits"] == first
-        assert _chat_requests(url) == stats["unique_requests"]
+        stats = LLMStats.read(stats_path)
+        assert stats.complete and stats.cache_hits == first
+        assert _chat_requests(url) == stats.unique_requests
     assert (tmp_path / "run" / "report" / "index.html").exists()
 
 
 def test_a_public_layout_file_runs_through_the_whole_pipeline(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parents[1] / "corpus"))
-    from corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle
-
     from lantern.corpus.native import load_corpus
 
     source = dump_pickle(

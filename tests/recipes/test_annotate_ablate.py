@@ -6,15 +6,17 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import gold_file, tiny_config
 
 from lantern.cli import main
-from lantern.llm.testserver import running_test_server, server_stats
-from lantern.pipeline import CorpusSpec, VanillaSpec, run_pipeline
+from lantern.recipes.config import CorpusSpec, VanillaSpec
+from lantern.recipes.pipeline import build_corpus, run_pipeline
+from lantern.rundir import LLMStats, RunDir
+from lantern.testing.runs import gold_file
+from lantern.testing.server import running_test_server, server_stats
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
+def text_run(tmp_path_factory, tiny_config):
     """A trained text-only run (MiniLM features of the transcripts) with its simulation gold file."""
     from lantern.corpus.example import generate_example
     from lantern.corpus.native import save_corpus
@@ -32,7 +34,7 @@ def text_run(tmp_path_factory):
     return root / "run", gold
 
 
-def test_annotate_gives_every_utterance_an_emotion_with_its_windows(text_run, tmp_path):
+def test_annotate_gives_every_utterance_an_emotion_with_its_fields(text_run, tmp_path):
     run_dir, _gold = text_run
     dialogues = tmp_path / "mine.jsonl"
     dialogues.write_text(
@@ -76,14 +78,14 @@ def test_annotate_gives_every_utterance_an_emotion_with_its_windows(text_run, tm
     for r in rows:
         assert r["emotion"] in classes
         assert abs(sum(r["probs"].values()) - 1) < 1e-3
-        assert len(r["windows"]) == 2
-        assert {w["b"] for w in r["windows"]} == {0, 1}
-        total = sum(w["weight"] for w in r["windows"]) + r["vanilla"]["weight"]
+        assert len(r["fields"]) == 2
+        assert {f["b"] for f in r["fields"]} == {0, 1}
+        total = sum(f["weight"] for f in r["fields"]) + r["vanilla"]["weight"]
         assert total == pytest.approx(1, abs=2e-3)
     assert rows[3]["speaker"] == "Cleo" and rows[0]["text"].startswith("I can't believe")
 
 
-def test_annotate_refuses_a_model_that_needs_audio_and_video(tiny_corpus, tmp_path):
+def test_annotate_refuses_a_model_that_needs_audio_and_video(tiny_corpus, tiny_config, tmp_path):
     corpus_dir, gold = tiny_corpus
     with running_test_server(simulate=[gold]) as url:
         run_pipeline(tiny_config(corpus_dir, url, methods=("attention",)), tmp_path / "run", progress=False)
@@ -111,7 +113,7 @@ def test_annotate_refuses_a_model_that_needs_audio_and_video(tiny_corpus, tmp_pa
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tmp_path, capsys):
+def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tiny_config, tmp_path, capsys):
     corpus_dir, gold = tiny_corpus
     with running_test_server(simulate=[gold], accuracy=0.8) as url:
         run_pipeline(tiny_config(corpus_dir, url), tmp_path / "run", progress=False)
@@ -133,23 +135,21 @@ def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tmp_path
             ]
         )
     assert code == 0
-    seed_run = tmp_path / "run" / "seed-0"
-    table = (seed_run / "ablations" / "ablation.md").read_text()
-    assert "simulated LLM" in table
-    csv_rows = (seed_run / "ablations" / "ablation.csv").read_text().splitlines()
+    seed_run = RunDir(tmp_path / "run").seed(0)
+    markdown, csv = seed_run.ablation_table
+    assert "simulated LLM" in markdown.read_text()
+    csv_rows = csv.read_text().splitlines()
     variants = {row.split(",")[0] for row in csv_rows[1:]}
     assert variants == {"run", "t=1", "stride=3", "no-vad", "no-probs"}
     methods = {row.split(",")[5] for row in csv_rows[1:]}
     assert {"vanilla", "uniform", "single", "position", "gated", "attention", "attention-llm"} <= methods
-    run_stats = json.loads((seed_run / "ablations" / "run" / "llm" / "stats.json").read_text())
-    assert run_stats["requests_sent"] == 0 and run_stats["cache_hits"] == run_stats["unique_requests"]
+    run_stats = LLMStats.read(seed_run.ablation("run").llm.stats)
+    assert run_stats.requests_sent == 0 and run_stats.cache_hits == run_stats.unique_requests
     assert before > 0
     assert "| variant |" in capsys.readouterr().out
 
 
 def test_corpus_example_spec_builds_in_the_run_directory(tmp_path):
-    from lantern.pipeline import build_corpus
-
     corpus = build_corpus(CorpusSpec(kind="example", dialogues=5, widths={"t": 8, "a": 8, "v": 8}))
     assert len(corpus) == 5
     with pytest.raises(ValueError, match="kind"):

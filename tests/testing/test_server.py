@@ -14,19 +14,21 @@ import httpx
 import pytest
 
 from lantern.labels import IEMOCAP6
-from lantern.llm.answers import AnswerError, answer_schema, parse_answer, response_format
-from lantern.llm.prompt import PromptOptions, WindowUtterance, build_messages, read_window
-from lantern.llm.testserver import (
+from lantern.llm.client import estimate_tokens
+from lantern.llm.formats import AnswerError, answer_schema, parse_answer, response_format
+from lantern.llm.prompt import FieldUtterance, PromptOptions, build_messages
+from lantern.predictions import Prediction, write_predictions
+from lantern.rundir import SIMULATED_MODEL
+from lantern.testing.prompt_reader import read_field
+from lantern.testing.server import (
     FAULT_KINDS,
-    SIMULATED_MODEL,
-    Simulation,
     inject_faults,
     recent_requests,
     reset_server,
     running_test_server,
     server_stats,
 )
-from lantern.predictions import Prediction, write_predictions
+from lantern.testing.simulation import Simulation
 
 CLASSES = list(IEMOCAP6.classes)
 INDICES = [4, 5, 6, 7]
@@ -38,7 +40,7 @@ def make_window(start: int = 4, n: int = 4, dialogue: str = "Ses05F_impro01") ->
     for i in range(start, start + n):
         raw = [rng.random() ** 3 for _ in CLASSES]
         utterances.append(
-            WindowUtterance(
+            FieldUtterance(
                 i, f"{dialogue}_{i}", "MF"[i % 2], f"line {i}", [x / sum(raw) for x in raw], [3.0, 2.5, 2.0]
             )
         )
@@ -79,14 +81,14 @@ def test_echo_answer_is_parseable_and_equals_the_vanilla_probs(url: str) -> None
     assert body["model"] == "m" and isinstance(body["created"], int)
     assert body["choices"][0]["finish_reason"] == "stop"
     usage = body["usage"]
-    prompt_chars = sum(len(m["content"]) for m in messages)
-    assert usage["prompt_tokens"] == prompt_chars // 4
+    # The same token heuristic as the client's estimate (one constant for both).
+    assert usage["prompt_tokens"] == estimate_tokens("".join(m["content"] for m in messages))
     assert (
         usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > usage["prompt_tokens"]
     )
     parsed = parse_answer(content(response), INDICES, CLASSES)
     assert parsed.errors == {}
-    vanilla = {u.index: u.probs for u in read_window(messages[1]["content"]).utterances}
+    vanilla = {u.index: u.probs for u in read_field(messages[1]["content"]).utterances}
     for i in INDICES:
         assert max(abs(a - b) for a, b in zip(parsed.probs[i], vanilla[i], strict=True)) < 0.08
     assert content(chat(url, messages)) == content(response)  # deterministic
@@ -102,7 +104,7 @@ def test_models_endpoint_and_stats(url: str) -> None:
 
 
 def test_answer_without_probs_in_the_prompt_is_uniform(url: str) -> None:
-    utterances = [WindowUtterance(0, "a", "A", "x", [], None)]
+    utterances = [FieldUtterance(0, "a", "A", "x", [], None)]
     messages = build_messages("d", 0, 1, utterances, IEMOCAP6, PromptOptions(include_probs=False))
     parsed = parse_answer(content(chat(url, messages)), [0], CLASSES)
     assert parsed.probs[0] == pytest.approx([1 / 6] * 6)
@@ -221,7 +223,7 @@ def test_server_stops_when_the_context_exits_and_after_idle_timeout() -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lantern.llm.testserver", "--port", "0", "--idle-exit", "1"],
+        [sys.executable, "-m", "lantern.testing.server", "--port", "0", "--idle-exit", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -259,7 +261,7 @@ def gold_predictions(tmp_path: Path, n_dialogues: int, length: int, seed: int = 
 
 def sim_window(dialogue: str, start: int, stop: int) -> list[dict]:
     utterances = [
-        WindowUtterance(i, f"{dialogue}_{i}", "A", "t", [1 / 6] * 6, None) for i in range(start, stop)
+        FieldUtterance(i, f"{dialogue}_{i}", "A", "t", [1 / 6] * 6, None) for i in range(start, stop)
     ]
     return build_messages(dialogue, start, stop, utterances, IEMOCAP6)
 
@@ -269,7 +271,7 @@ def test_simulation_accuracy_follows_the_position_in_the_window(tmp_path: Path) 
     sim = Simulation.from_predictions([path], accuracy=0.9, accuracy_last=0.4, seed=3)
     hits = {0: [], 11: []}
     for d in range(200):
-        window = read_window(sim_window(f"d{d}", 0, 12)[1]["content"])
+        window = read_field(sim_window(f"d{d}", 0, 12)[1]["content"])
         answer = sim.answer(window)
         for r in (0, 11):
             probs = answer[r]
@@ -282,12 +284,12 @@ def test_simulation_accuracy_follows_the_position_in_the_window(tmp_path: Path) 
 def test_simulation_fallback_rate_and_random_mode(tmp_path: Path) -> None:
     path = gold_predictions(tmp_path, 100, 12)
     sim = Simulation.from_predictions([path], fallback_rate=0.25, seed=1)
-    answered = sum(len(sim.answer(read_window(sim_window(f"d{d}", 0, 12)[1]["content"]))) for d in range(100))
+    answered = sum(len(sim.answer(read_field(sim_window(f"d{d}", 0, 12)[1]["content"]))) for d in range(100))
     assert abs(1 - answered / 1200 - 0.25) < 0.05
     useless = Simulation.from_predictions([path], accuracy=0.0, random_answers=True, seed=1)
     hits = []
     for d in range(100):
-        answer = useless.answer(read_window(sim_window(f"d{d}", 0, 12)[1]["content"]))
+        answer = useless.answer(read_field(sim_window(f"d{d}", 0, 12)[1]["content"]))
         hits += [max(range(6), key=answer[i].__getitem__) == useless.gold[(f"d{d}", i)] for i in range(12)]
     assert sum(hits) / len(hits) < 0.3
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lantern.llm.answers import (
+from lantern.llm.formats import (
     DEFAULT_MODE,
     AnswerError,
     ParsedAnswer,

@@ -1,14 +1,14 @@
 """The project's own test LLM: a real OpenAI-compatible chat-completions server on loopback.
 
 It answers from the request alone: it reads the rendered Lantern prompt back
-(:func:`lantern.llm.prompt.read_window`) and, by default, echoes the vanilla probabilities it finds
+(:func:`lantern.testing.prompt_reader.read_field`) and, by default, echoes the vanilla probabilities it finds
 there in the compact answer form, so answers are deterministic and checkable. On demand it
 misbehaves like real servers do (rate limits, errors, hangs, dropped connections, malformed
 answers), mimics llama.cpp's refusal of ``response_format: json_schema``, and — clearly labelled
 ``simulated-llm`` with the header ``X-Lantern-Simulated: 1`` — simulates an LLM of chosen accuracy
 from gold labels, so the fusion stage can be exercised end to end without a model.
 
-Run ``python -m lantern.llm.testserver --port 0`` (it prints ``LISTENING http://127.0.0.1:PORT``
+Run ``python -m lantern.testing.server --port 0`` (it prints ``LISTENING http://127.0.0.1:PORT``
 once ready; the OpenAI base URL is that plus ``/v1``), or from Python::
 
     with running_test_server(latency=0.05) as url:
@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import selectors
 import socket
 import subprocess
@@ -41,15 +40,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-from lantern.llm.answers import compact_answer
-from lantern.llm.prompt import PromptWindow, read_window
-from lantern.predictions import read_predictions
+from lantern.llm.client import estimate_tokens
+from lantern.llm.formats import compact_answer
+from lantern.rundir import SIMULATED_MODEL
+from lantern.testing.prompt_reader import PromptField, read_field
+from lantern.testing.simulation import Simulation, echo
 
 log = logging.getLogger(__name__)
 
-SIMULATED_MODEL = "simulated-llm"
 DEFAULT_MODEL = "lantern-test-llm"
 KINDS = ("openai", "llamacpp")
 ANSWER_FORMS = ("digits", "percent")
@@ -66,75 +65,6 @@ ANSWER_FAULTS = (
 )
 FAULT_KINDS = TRANSPORT_FAULTS + ANSWER_FAULTS
 RECENT_REQUESTS = 50
-
-
-@dataclass
-class Simulation:
-    """A simulated LLM of known accuracy, built from gold labels.
-
-    For each utterance of a window, with probability ``accuracy`` interpolated linearly from the
-    first utterance of the window (offset r = 0) to the last (``accuracy_last``), the answer puts
-    ``confidence`` on the gold class and spreads the rest over the others; otherwise it puts it on
-    a random wrong class. With probability ``fallback_rate`` the utterance is left out of the answer
-    (so the client falls back). ``random_answers`` gives useless random distributions instead.
-    Deterministic per (seed, dialogue, index, window start). Utterances without a gold label are
-    echoed.
-    """
-
-    gold: dict[tuple[str, int], int]
-    accuracy: float = 0.7
-    accuracy_last: float | None = None
-    confidence: float = 0.8
-    fallback_rate: float = 0.0
-    random_answers: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("accuracy", "confidence", "fallback_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"simulation {name} must be in [0, 1], got {getattr(self, name)}")
-        if self.accuracy_last is not None and not 0.0 <= self.accuracy_last <= 1.0:
-            raise ValueError(f"simulation accuracy_last must be in [0, 1], got {self.accuracy_last}")
-
-    @classmethod
-    def from_predictions(cls, paths: list[str | Path], **options: object) -> Simulation:
-        """Gold labels from predictions JSONL files; an utterance's index is its position in its dialogue."""
-        gold: dict[tuple[str, int], int] = {}
-        position: Counter[str] = Counter()
-        for path in paths:
-            for p in read_predictions(path):
-                index = position[p.dialogue]
-                position[p.dialogue] += 1
-                if p.label is not None:
-                    gold[(p.dialogue, index)] = p.label
-        return cls(gold=gold, **options)
-
-    def accuracy_at(self, r: int, length: int) -> float:
-        last = self.accuracy if self.accuracy_last is None else self.accuracy_last
-        return self.accuracy + (last - self.accuracy) * (r / (length - 1) if length > 1 else 0.0)
-
-    def answer(self, window: PromptWindow) -> dict[int, list[float]]:
-        """Distributions for the window's utterances (left-out utterances are absent)."""
-        n_classes = len(window.classes)
-        length = window.stop - window.start
-        out: dict[int, list[float]] = {}
-        for u in window.utterances:
-            rng = random.Random(f"{self.seed}|{window.dialogue_id}|{u.index}|{window.start}")
-            if rng.random() < self.fallback_rate:
-                continue
-            label = self.gold.get((window.dialogue_id, u.index))
-            if self.random_answers:
-                out[u.index] = [rng.random() for _ in range(n_classes)]
-                continue
-            if label is None or not 0 <= label < n_classes:
-                out[u.index] = _echo(u.probs, n_classes)
-                continue
-            target = label
-            if n_classes > 1 and rng.random() >= self.accuracy_at(u.index - window.start, length):
-                target = rng.choice([c for c in range(n_classes) if c != label])
-            rest = (1.0 - self.confidence) / (n_classes - 1) if n_classes > 1 else 0.0
-            out[u.index] = [self.confidence if c == target else rest for c in range(n_classes)]
-        return out
 
 
 @dataclass
@@ -206,12 +136,6 @@ def parse_faults(payload: object) -> list[dict]:
     return out
 
 
-def _echo(probs: list[float], n_classes: int) -> list[float]:
-    if len(probs) == n_classes and sum(probs) > 0:
-        return list(probs)
-    return [1.0] * n_classes
-
-
 def _render(probs: dict[int, list[float]], form: str) -> str:
     if form == "digits":
         return compact_answer(probs)
@@ -219,17 +143,17 @@ def _render(probs: dict[int, list[float]], form: str) -> str:
     return json.dumps({str(i): " ".join(str(round(100 * x / total[i])) for x in p) for i, p in probs.items()})
 
 
-def _corrupt(fault: dict, probs: dict[int, list[float]], window: PromptWindow, form: str) -> tuple[str, str]:
+def _corrupt(fault: dict, probs: dict[int, list[float]], field: PromptField, form: str) -> tuple[str, str]:
     """An answer spoiled the way ``fault`` says; returns (content, finish_reason)."""
     kind = fault["kind"]
-    n_classes = len(window.classes)
-    first = window.utterances[0].index
+    n_classes = len(field.classes)
+    first = field.utterances[0].index
     target = int(fault.get("index", first))
     obj: dict[str, object] = json.loads(_render(probs, form))
     if kind == "non_json":
         return "I'm sorry, but I can't assign emotions to this conversation.", "stop"
     if kind == "missing_utterance":
-        obj.pop(str(int(fault.get("index", window.utterances[-1].index))), None)
+        obj.pop(str(int(fault.get("index", field.utterances[-1].index))), None)
     elif kind == "unknown_class":
         obj[str(target)] = {"bored": 9}
     elif kind == "negative":
@@ -430,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(user, str):
             raise _Reply(400, "no user message with text content")
         try:
-            window = read_window(user)
+            field = read_field(user)
         except (ValueError, IndexError) as exc:
             raise _Reply(400, f"test server: not a Lantern prompt ({exc})") from exc
         state, config = self.server.state, self.server.config
@@ -443,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._transport_fault(fault)
             if fault["kind"] != "timeout":
                 return
-        self._answer(body, messages, window, fault)
+        self._answer(body, messages, field, fault)
 
     def _transport_fault(self, fault: dict) -> None:
         kind = fault["kind"]
@@ -459,23 +383,23 @@ class _Handler(BaseHTTPRequestHandler):
             with suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _answer(self, body: dict, messages: list, window: PromptWindow, fault: dict | None) -> None:
+    def _answer(self, body: dict, messages: list, field: PromptField, fault: dict | None) -> None:
         config = self.server.config
-        n_classes = len(window.classes)
+        n_classes = len(field.classes)
         if config.simulation is not None:
-            probs = config.simulation.answer(window)
+            probs = config.simulation.answer(field)
         else:
-            probs = {u.index: _echo(u.probs, n_classes) for u in window.utterances}
+            probs = {u.index: echo(u.probs, n_classes) for u in field.utterances}
         if fault is not None and fault["kind"] in ANSWER_FAULTS:
-            content, finish = _corrupt(fault, probs, window, config.answer_form)
+            content, finish = _corrupt(fault, probs, field, config.answer_form)
         else:
             content, finish = _render(probs, config.answer_form), "stop"
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if isinstance(max_tokens, int) and max_tokens > 0 and len(content) > 4 * max_tokens:
             content, finish = content[: 4 * max_tokens], "length"
-        prompt_chars = sum(len(m.get("content") or "") for m in messages if isinstance(m, dict))
-        prompt_tokens = max(1, prompt_chars // 4)
-        completion_tokens = max(1, len(content) // 4)
+        prompt_text = "".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
+        prompt_tokens = max(1, estimate_tokens(prompt_text))
+        completion_tokens = max(1, estimate_tokens(content))
         with self.server.state.lock:
             self.server.state.completions += 1
             serial = self.server.state.completions
@@ -508,7 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lantern.llm.testserver", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lantern.testing.server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
     p.add_argument(
@@ -535,12 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREDICTIONS_JSONL",
         help="simulate an LLM from the gold labels in these predictions files",
     )
-    sim.add_argument("--accuracy", type=float, default=0.7, help="accuracy at the window's first utterance")
+    sim.add_argument("--accuracy", type=float, default=0.7, help="accuracy at the field's first utterance")
     sim.add_argument(
         "--accuracy-last",
         type=float,
         default=None,
-        help="accuracy at the window's last utterance (default: --accuracy)",
+        help="accuracy at the field's last utterance (default: --accuracy)",
     )
     sim.add_argument("--confidence", type=float, default=0.8, help="probability put on the chosen class")
     sim.add_argument("--fallback-rate", type=float, default=0.0, help="share of utterances left out")
@@ -616,7 +540,7 @@ def running_test_server(*args: str, timeout: float = 20.0, **options: object) ->
     ``args`` are command-line arguments; keyword ``options`` are flags too (``latency=0.05`` →
     ``--latency 0.05``, ``simulate=[path]`` → ``--simulate path``, ``random=True`` → ``--random``).
     """
-    command = [sys.executable, "-m", "lantern.llm.testserver", "--port", "0", *args, *_flags(options)]
+    command = [sys.executable, "-m", "lantern.testing.server", "--port", "0", *args, *_flags(options)]
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
         try:
@@ -630,9 +554,6 @@ def running_test_server(*args: str, timeout: float = 20.0, **options: object) ->
                 proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
-
-
-start_test_server = running_test_server
 
 
 def _wait_listening(proc: subprocess.Popen, stderr: object, timeout: float) -> str:

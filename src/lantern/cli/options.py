@@ -1,0 +1,204 @@
+"""Command-line options shared by several commands, and the one place that turns them into configs.
+
+Flags default to None and fall back to the dataclass that owns the setting (:class:`Endpoint`,
+:class:`FieldSpec`, :class:`PromptOptions`), so no default is restated here; help texts read them
+from those dataclasses. Numeric flags are checked by their argparse type, so a bad value is a usage
+error naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import fields, replace
+from typing import Any
+
+from lantern.fields import FieldSpec
+from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.prompt import PromptOptions
+
+_ENDPOINT_DEFAULTS = {f.name: f.default for f in fields(Endpoint)}
+_FIELD_DEFAULTS = FieldSpec()
+_PROMPT_DEFAULTS = PromptOptions()
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _prices(text: str) -> dict[str, list[float]]:
+    try:
+        table = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--prices must be JSON, e.g. '{\"gpt-4o\": [2.5, 10]}'") from None
+    ok = isinstance(table, dict) and all(
+        isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in v)
+        for v in table.values()
+    )
+    if not ok:
+        raise argparse.ArgumentTypeError(
+            "--prices maps a model name to [usd_per_1M_prompt, usd_per_1M_completion]"
+        )
+    return {str(k): [float(x) for x in v] for k, v in table.items()}
+
+
+def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the LLM answers and how Lantern talks to it (every command that prompts)."""
+    d = _ENDPOINT_DEFAULTS
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--base-url",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="OpenAI-compatible endpoint (e.g. http://host:8000/v1); repeat for replicas of one model",
+    )
+    where.add_argument(
+        "--local", action="store_true", help="use the embedded local model (the default without --base-url)"
+    )
+    p.add_argument("--model", help="model name at the endpoint (required with --base-url)")
+    p.add_argument(
+        "--local-model", metavar="GGUF", help="GGUF file for the embedded server (default: SmolLM2)"
+    )
+    p.add_argument(
+        "--server-kind", help="openai, vllm, llamacpp, ollama, other (picks the structured-output mode)"
+    )
+    p.add_argument("--response-format", metavar="MODE", help="override the structured-output mode")
+    p.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help=f"environment variable holding the key (default {d['api_key_env']})",
+    )
+    p.add_argument(
+        "--concurrency", type=positive_int, help=f"requests in flight at most (default {d['concurrency']})"
+    )
+    p.add_argument("--rpm", type=positive_float, help="requests per minute at most")
+    p.add_argument(
+        "--tpm", type=positive_float, help="tokens per minute at most (prompt estimate + max_tokens)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        help=f"seconds a whole request may take, connect to last byte (default {d['timeout']:g})",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=non_negative_int,
+        help=f"retries of a failed request (default {d['max_retries']})",
+    )
+    p.add_argument(
+        "--max-answer-retries",
+        type=non_negative_int,
+        help=f"retries of an invalid answer (default {d['max_answer_retries']})",
+    )
+    p.add_argument(
+        "--max-cost", type=non_negative_float, metavar="USD", help="stop sending before spending more"
+    )
+    p.add_argument(
+        "--prices",
+        type=_prices,
+        metavar="JSON",
+        help='price table: {"model": [usd_per_1M_prompt, usd_per_1M_completion]}',
+    )
+
+
+def add_field_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stride", type=positive_int, help=f"receptive-field stride s (default {_FIELD_DEFAULTS.stride})"
+    )
+    p.add_argument("--t", type=positive_int, help=f"fields per utterance t (default {_FIELD_DEFAULTS.t})")
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--template", help=f"prompt template name or .txt path (default {_PROMPT_DEFAULTS.template})"
+    )
+    p.add_argument("--no-vad", action="store_true", help="leave the VAD references out of the prompt")
+    p.add_argument("--no-probs", action="store_true", help="leave the class-probability references out")
+
+
+def endpoint_from_args(args: argparse.Namespace, base: Endpoint | None = None) -> Endpoint:
+    """``base`` (default: Endpoint()) with every endpoint flag the user gave applied."""
+    overrides: dict[str, Any] = {}
+    if args.base_url:
+        overrides["base_urls"] = list(args.base_url)
+    for name in (
+        "model",
+        "local_model",
+        "server_kind",
+        "response_format",
+        "api_key_env",
+        "concurrency",
+        "rpm",
+        "tpm",
+        "timeout",
+        "max_retries",
+        "max_answer_retries",
+        "max_cost",
+        "prices",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return replace(base or Endpoint(), **overrides)
+
+
+def llm_config_from_args(args: argparse.Namespace) -> LLMConfig:
+    """The LLM stage's whole config from ``lantern prompt``'s flags."""
+    fields_spec = FieldSpec(
+        stride=args.stride if args.stride is not None else _FIELD_DEFAULTS.stride,
+        t=args.t if args.t is not None else _FIELD_DEFAULTS.t,
+    )
+    prompt = PromptOptions(
+        include_probs=not args.no_probs,
+        include_vad=not args.no_vad,
+        template=args.template or _PROMPT_DEFAULTS.template,
+    )
+    return LLMConfig(
+        fields=fields_spec, prompt=prompt, endpoint=endpoint_from_args(args), refresh=args.refresh
+    )

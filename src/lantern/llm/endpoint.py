@@ -1,0 +1,64 @@
+"""Where answers come from: the configured endpoint, or the embedded server for the life of a block.
+
+Every recipe that prompts (the LLM stage on its own, the pipeline for all its seeds, ablations,
+annotation) goes through :func:`endpoint`, so "start the embedded llama.cpp server unless base URLs
+are given" is decided in one place, together with what the embedded server needs: one request at a
+time (llama-cpp-python's server decodes one at a time; queueing more there only makes them time out
+while they wait) and a long timeout (a small CPU model needs minutes for a long field).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lantern.errors import LanternError
+from lantern.llm.config import LOCAL_SERVER_KIND, REMOTE_SERVER_KIND, Endpoint
+
+DUMMY_KEY = "sk-local-no-key"
+LOCAL_TIMEOUT = 900.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@contextmanager
+def endpoint(
+    config: Endpoint, notify: Callable[[str], None] | None = None, log_path: Path | None = None
+) -> Iterator[Endpoint]:
+    """``config`` with its server kind resolved when it names base URLs; otherwise the embedded
+    server, started now and stopped when the block exits, as an Endpoint pointing at it.
+
+    ``log_path`` is where the embedded server writes its log (the run directory's, by default a
+    temporary file removed with the server).
+    """
+    if not config.local:
+        yield replace(config, server_kind=config.server_kind or REMOTE_SERVER_KIND)
+        return
+    from lantern.llm.local import LocalServer
+
+    if notify is not None:
+        notify("[llm] starting the embedded local LLM (llama.cpp server)")
+    with LocalServer(config.local_model, log_path=log_path) as server:
+        yield replace(
+            config,
+            base_urls=[server.base_url],
+            model=server.model,
+            server_kind=config.server_kind or LOCAL_SERVER_KIND,
+            concurrency=1,
+            timeout=max(config.timeout, LOCAL_TIMEOUT),
+        )
+
+
+def resolve_api_key(env_name: str, base_urls: list[str]) -> str:
+    """The key from ``env_name``; a dummy for loopback endpoints without one; else a clear error."""
+    key = os.environ.get(env_name)
+    if key:
+        return key
+    if all((urlsplit(u).hostname or "") in LOOPBACK_HOSTS for u in base_urls):
+        return DUMMY_KEY
+    raise LanternError(
+        f"environment variable {env_name} is not set (it must hold the API key for the endpoint)"
+    )
