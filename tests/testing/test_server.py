@@ -16,7 +16,7 @@ import pytest
 from lantern.labels import IEMOCAP6
 from lantern.llm.client import estimate_tokens
 from lantern.llm.formats import AnswerError, answer_schema, parse_answer, response_format
-from lantern.llm.prompt import FieldUtterance, PromptOptions, build_messages
+from lantern.llm.prompt import FieldUtterance, PromptOptions, build_messages, dialogue_alias
 from lantern.predictions import Prediction, write_predictions
 from lantern.rundir import SIMULATED_MODEL
 from lantern.testing.prompt_reader import read_field
@@ -266,16 +266,16 @@ def sim_window(dialogue: str, start: int, stop: int) -> list[dict]:
     return build_messages(dialogue, start, stop, utterances, IEMOCAP6)
 
 
-def test_simulation_accuracy_follows_the_position_in_the_window(tmp_path: Path) -> None:
+def test_independent_simulation_accuracy_follows_the_position_in_the_field(tmp_path: Path) -> None:
     path = gold_predictions(tmp_path, 200, 12)
-    sim = Simulation.from_predictions([path], accuracy=0.9, accuracy_last=0.4, seed=3)
+    sim = Simulation.from_predictions([path], mode="independent", accuracy=0.9, accuracy_last=0.4, seed=3)
     hits = {0: [], 11: []}
     for d in range(200):
         window = read_field(sim_window(f"d{d}", 0, 12)[1]["content"])
         answer = sim.answer(window)
         for r in (0, 11):
             probs = answer[r]
-            hits[r].append(max(range(6), key=probs.__getitem__) == sim.gold[(f"d{d}", r)])
+            hits[r].append(max(range(6), key=probs.__getitem__) == sim.gold[(dialogue_alias(f"d{d}"), r)])
             assert max(probs) == pytest.approx(0.8)
     assert abs(sum(hits[0]) / 200 - 0.9) < 0.07
     assert abs(sum(hits[11]) / 200 - 0.4) < 0.11
@@ -290,7 +290,10 @@ def test_simulation_fallback_rate_and_random_mode(tmp_path: Path) -> None:
     hits = []
     for d in range(100):
         answer = useless.answer(read_field(sim_window(f"d{d}", 0, 12)[1]["content"]))
-        hits += [max(range(6), key=answer[i].__getitem__) == useless.gold[(f"d{d}", i)] for i in range(12)]
+        hits += [
+            max(range(6), key=answer[i].__getitem__) == useless.gold[(dialogue_alias(f"d{d}"), i)]
+            for i in range(12)
+        ]
     assert sum(hits) / len(hits) < 0.3
 
 
@@ -305,7 +308,10 @@ def test_simulation_server_end_to_end(tmp_path: Path) -> None:
             assert response.headers["X-Lantern-Simulated"] == "1"
             parsed = parse_answer(content(response), list(range(12)), CLASSES)
             assert parsed.errors == {}
-            hits += [max(range(6), key=parsed.probs[i].__getitem__) == gold[(f"d{d}", i)] for i in range(12)]
+            hits += [
+                max(range(6), key=parsed.probs[i].__getitem__) == gold[(dialogue_alias(f"d{d}"), i)]
+                for i in range(12)
+            ]
         again = content(chat(url, sim_window("d3", 0, 12)))
         assert again == content(chat(url, sim_window("d3", 0, 12)))
         shifted = content(chat(url, sim_window("d3", 4, 12)))

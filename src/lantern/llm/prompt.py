@@ -2,7 +2,7 @@
 
 The template (``templates/<name>.txt``) holds all the wording, so a prompt variant is a new file and
 an experiment axis; its name and a hash of its text form :func:`template_version`, which is part of
-the cache key. The code here only renders the data: a header naming the dialogue and the field,
+the cache key. The code here only renders the data: a header naming the dialogue (by an alias) and the field,
 the label set, and one line per utterance::
 
     4 | speaker "M" | text "Why did you do that?" | probs hap 0.10, sad 0.00, ... | vad 2.1 3.4 3.0
@@ -188,6 +188,13 @@ def _drop_blocks(text: str, keep: dict[str, bool]) -> str:
     return text
 
 
+def dialogue_alias(dialogue_id: str) -> str:
+    """The name a prompt gives a dialogue: a short hash of its id, never the id itself (a model that
+    memorised a public corpus's scripts could use ``Ses01F_impro01``). Stable, so prompts and their
+    cache keys are too."""
+    return "conversation-" + hashlib.sha256(dialogue_id.encode("utf-8")).hexdigest()[:12]
+
+
 def build_messages(
     dialogue_id: str,
     start: int,
@@ -208,7 +215,7 @@ def build_messages(
     show_vad = options.include_vad and any(u.vad is not None for u in utterances)
     keep = {"probs": options.include_probs, "vad": show_vad}
     values = {
-        "dialogue": quote(dialogue_id),
+        "dialogue": quote(dialogue_alias(dialogue_id)),
         "first": str(start),
         "last": str(stop - 1),
         "classes": json.dumps(list(labels.classes), ensure_ascii=False),

@@ -45,7 +45,7 @@ from lantern.llm.client import estimate_tokens
 from lantern.llm.formats import compact_answer
 from lantern.rundir import SIMULATED_MODEL
 from lantern.testing.prompt_reader import PromptField, read_field
-from lantern.testing.simulation import Simulation, echo
+from lantern.testing.simulation import CONTEXT_SIDES, MODES, Simulation, echo
 
 log = logging.getLogger(__name__)
 
@@ -459,14 +459,47 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREDICTIONS_JSONL",
         help="simulate an LLM from the gold labels in these predictions files",
     )
-    sim.add_argument("--accuracy", type=float, default=0.7, help="accuracy at the field's first utterance")
+    defaults = Simulation(gold={})
+    sim.add_argument(
+        "--mode", choices=MODES, default=defaults.mode, help="realistic (default) or independent"
+    )
+    sim.add_argument(
+        "--accuracy",
+        type=float,
+        default=defaults.accuracy,
+        help="top-1 accuracy of the simulated judgement (independent: at the field's first utterance)",
+    )
+    sim.add_argument(
+        "--correlation",
+        type=float,
+        default=defaults.correlation,
+        help="realistic: correlation of the judgements of two fields about one utterance",
+    )
+    sim.add_argument(
+        "--anchoring",
+        type=float,
+        default=defaults.anchoring,
+        help="realistic: weight of the shown vanilla distribution in the answer (log-linear)",
+    )
+    sim.add_argument(
+        "--context-weight",
+        type=float,
+        default=defaults.context_weight,
+        help="realistic: how much reliability grows with context in the field",
+    )
+    sim.add_argument("--context", choices=CONTEXT_SIDES, default=defaults.context, help="context side")
     sim.add_argument(
         "--accuracy-last",
         type=float,
         default=None,
-        help="accuracy at the field's last utterance (default: --accuracy)",
+        help="independent: accuracy at the field's last utterance (default: --accuracy)",
     )
-    sim.add_argument("--confidence", type=float, default=0.8, help="probability put on the chosen class")
+    sim.add_argument(
+        "--confidence",
+        type=float,
+        default=defaults.confidence,
+        help="independent: probability put on the chosen class",
+    )
     sim.add_argument("--fallback-rate", type=float, default=0.0, help="share of utterances left out")
     sim.add_argument("--random", action="store_true", help="answer random distributions (a useless LLM)")
     sim.add_argument("--seed", type=int, default=0)
@@ -478,7 +511,12 @@ def serve(args: argparse.Namespace) -> LLMTestServer:
     if args.simulate:
         simulation = Simulation.from_predictions(
             args.simulate,
+            mode=args.mode,
             accuracy=args.accuracy,
+            correlation=args.correlation,
+            anchoring=args.anchoring,
+            context_weight=args.context_weight,
+            context=args.context,
             accuracy_last=args.accuracy_last,
             confidence=args.confidence,
             fallback_rate=args.fallback_rate,
