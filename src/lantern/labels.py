@@ -42,8 +42,12 @@ class LabelSet:
 IEMOCAP6 = LabelSet("iemocap6", ("hap", "sad", "neu", "ang", "exc", "fru"))
 IEMOCAP4 = LabelSet("iemocap4", ("hap", "sad", "neu", "ang"))
 MELD7 = LabelSet("meld7", ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"))
+# MELD's Sentiment column, ordered from low to high valence so that the index reads as a scale.
+MELD_SENTIMENT = LabelSet("meld-sentiment", ("negative", "neutral", "positive"))
+# EmoryNLP's 7 emotions (Willcox's feeling wheel) in the dataset's own index order.
+EMORYNLP7 = LabelSet("emorynlp7", ("joyful", "mad", "neutral", "peaceful", "powerful", "sad", "scared"))
 
-BUILTIN: dict[str, LabelSet] = {s.name: s for s in (IEMOCAP6, IEMOCAP4, MELD7)}
+BUILTIN: dict[str, LabelSet] = {s.name: s for s in (IEMOCAP6, IEMOCAP4, MELD7, MELD_SENTIMENT, EMORYNLP7)}
 
 
 def get_label_set(name: str) -> LabelSet:
