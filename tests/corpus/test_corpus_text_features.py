@@ -113,7 +113,12 @@ def test_batches_longest_first_rows_in_text_order(monkeypatch):
     rows = text_encoder("st:fake").encode(texts, batch_size=3, progress=False)
     assert rows.shape == (7, 5) and rows.dtype == np.float32
     assert rows[:, 0].tolist() == [len(t) for t in texts]  # each row is its own text's
-    assert models["st:fake"].batches == [["ffffff", "eeeee", "dddd"], ["ccc", "bb", "a"], [""]]
+    # Batches of similar length (longest first), run in a shuffled order.
+    assert sorted(models["st:fake"].batches) == [[""], ["ccc", "bb", "a"], ["ffffff", "eeeee", "dddd"]]
+    many = [chr(65 + i % 26) * (i + 1) for i in range(40)]
+    text_encoder("st:many").encode(many, batch_size=4, progress=False)
+    run = [len(b[0]) for b in models["st:many"].batches]
+    assert sorted(run, reverse=True) == list(range(40, 0, -4)) and run != sorted(run, reverse=True)
     with pytest.raises(ValueError, match="batch_size"):
         text_encoder("st:fake").encode(texts, batch_size=0)
 
