@@ -81,7 +81,7 @@ def meld_row(
 def meld_splits() -> dict[str, list[list[str]]]:
     """Three splits: a gap (0, 1, 3) and out-of-order rows, quoted commas, quotes and a line break,
     typographic punctuation, three speakers in a dialogue, ids restarting per split, a dialogue
-    that starts at Utterance_ID 1."""
+    that starts at Utterance_ID 1, dialogues out of numeric order (12 before 2)."""
     return {
         "train": [
             meld_row(0, 0, "Well, hello there.", "Ann", "joy", "positive"),
@@ -92,9 +92,9 @@ def meld_splits() -> dict[str, list[list[str]]]:
         ],
         "dev": [meld_row(0, 0, "Who's there?", "Bob", "fear", "negative"), meld_row(0, 1, "Me.", "Ann")],
         "test": [
-            meld_row(0, 0, "Okay.", "Ann"),
             meld_row(12, 1, "Ugh, gross.", "Dee", "disgust", "negative"),
             meld_row(12, 3, "Sorry!", "Ann", "sadness", "negative"),
+            meld_row(2, 0, "Okay.", "Ann"),
         ],
     }
 

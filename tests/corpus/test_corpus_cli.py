@@ -248,11 +248,17 @@ def test_convert_meld_csv_directory(tmp_path, capsys, monkeypatch):
     assert load_corpus(out).feature_sources["t"] == "st:org/model"
 
 
-def test_progress_bar_when_asked(tmp_path, capsys, monkeypatch):
+def test_progress_bar_on_a_terminal_unless_no_progress(tmp_path, capsys, monkeypatch):
     fake_models(monkeypatch)
     write_meld(tmp_path / "MELD")
     convert_corpus(tmp_path / "MELD", "meld-csv", progress=True)
     assert "10/10" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as if a person watched
+    argv = ["data", "convert", tmp_path / "MELD", "--format", "meld-csv", "--out"]
+    code, _, stderr = _run(capsys, *argv, tmp_path / "c1")
+    assert code == 0 and "embedding transcripts" in stderr and "10/10" in stderr
+    code, _, stderr = _run(capsys, *argv, tmp_path / "c2", "--no-progress")
+    assert code == 0 and stderr == ""
 
 
 def test_convert_emorynlp_csv_directory(tmp_path, capsys, monkeypatch):

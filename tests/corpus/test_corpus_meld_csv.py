@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from csv_fixtures import MELD_FILES, MELD_HEADER, meld_row, meld_splits, write_csv, write_meld
 
@@ -9,11 +11,14 @@ from lantern.corpus.dialogue import CorpusError
 from lantern.corpus.meld_csv import read_meld_csv
 
 
-def test_published_layout_read_exactly(tmp_path):
+def test_published_layout_read_exactly(tmp_path, caplog):
     write_meld(tmp_path, bom="dev")
-    corpus = read_meld_csv(tmp_path)
+    with caplog.at_level(logging.INFO, logger="lantern.corpus.csv_dialogues"):
+        corpus = read_meld_csv(tmp_path)
     assert corpus.name == "meld" and corpus.labels.name == "meld7" and corpus.modalities == {}
-    assert [d.id for d in corpus] == ["train_dia0", "train_dia2", "dev_dia0", "test_dia0", "test_dia12"]
+    # Dialogues in Dialogue_ID order within each split (the test file lists 12 before 2).
+    assert [d.id for d in corpus] == ["train_dia0", "train_dia2", "dev_dia0", "test_dia2", "test_dia12"]
+    assert "train_sent_emo.csv: 1 of 2 dialogues skip utterance numbers (kept as given)" in caplog.text
     assert [d.split for d in corpus] == ["train", "train", "dev", "test", "test"]
     first = corpus.dialogues[0]
     # Utterance_ID order (the file had 0, 3, 1), the gap kept, the source ids inside the ids.

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lantern.corpus.convert import FORMATS, TARGETS
+from lantern.corpus.convert import FORMATS, OWN_DEV_SPLIT, TARGETS
 from lantern.labels import BUILTIN
 
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         metavar="F",
         help="share of train dialogues (the first ones, in file order) made dev (default 0.1; "
-        "not for corect, jsonl, meld-csv, emorynlp-csv, whose files state their splits)",
+        f"not for {', '.join(OWN_DEV_SPLIT)}, whose files state their splits)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar while embedding transcripts")
     p.add_argument(
@@ -93,7 +93,7 @@ def _describe(corpus, out: Path) -> str:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from lantern.corpus.convert import OWN_DEV_SPLIT, convert_corpus
+    from lantern.corpus.convert import convert_corpus
     from lantern.corpus.native import save_corpus
 
     if args.dev_fraction is not None and args.format in OWN_DEV_SPLIT:
