@@ -86,7 +86,7 @@ def read_table(path: Path, columns: Sequence[str]) -> list[Record]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise CorpusError(f"cannot read ({exc.strerror})", file=file) from None
+        raise CorpusError(f"cannot read ({exc.strerror or exc})", file=file) from None
     reader = csv.reader(io.StringIO(_decode(raw, file), newline=""), strict=True)
     records: list[Record] = []
     header: list[str] | None = None
