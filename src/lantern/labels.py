@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lantern.errors import LanternError
+
 
 @dataclass(frozen=True)
 class LabelSet:
@@ -14,9 +16,9 @@ class LabelSet:
 
     def __post_init__(self) -> None:
         if not self.classes:
-            raise ValueError(f"label set {self.name!r} has no classes")
+            raise LanternError(f"label set {self.name!r} has no classes")
         if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"label set {self.name!r} repeats a class: {self.classes}")
+            raise LanternError(f"label set {self.name!r} repeats a class: {self.classes}")
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -27,7 +29,7 @@ class LabelSet:
         try:
             return lowered.index(name.strip().lower())
         except ValueError:
-            raise ValueError(
+            raise LanternError(
                 f"label {name!r} is not in label set {self.name!r} ({', '.join(self.classes)})"
             ) from None
 
@@ -42,8 +44,12 @@ class LabelSet:
 IEMOCAP6 = LabelSet("iemocap6", ("hap", "sad", "neu", "ang", "exc", "fru"))
 IEMOCAP4 = LabelSet("iemocap4", ("hap", "sad", "neu", "ang"))
 MELD7 = LabelSet("meld7", ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"))
+# MELD's Sentiment column, ordered from low to high valence so that the index reads as a scale.
+MELD_SENTIMENT = LabelSet("meld-sentiment", ("negative", "neutral", "positive"))
+# EmoryNLP's 7 emotions (Willcox's feeling wheel) in the dataset's own index order.
+EMORYNLP7 = LabelSet("emorynlp7", ("joyful", "mad", "neutral", "peaceful", "powerful", "sad", "scared"))
 
-BUILTIN: dict[str, LabelSet] = {s.name: s for s in (IEMOCAP6, IEMOCAP4, MELD7)}
+BUILTIN: dict[str, LabelSet] = {s.name: s for s in (IEMOCAP6, IEMOCAP4, MELD7, MELD_SENTIMENT, EMORYNLP7)}
 
 
 def get_label_set(name: str) -> LabelSet:
@@ -51,7 +57,7 @@ def get_label_set(name: str) -> LabelSet:
     try:
         return BUILTIN[name]
     except KeyError:
-        raise ValueError(f"unknown label set {name!r}; known: {', '.join(BUILTIN)}") from None
+        raise LanternError(f"unknown label set {name!r}; known: {', '.join(BUILTIN)}") from None
 
 
 def custom_label_set(classes: list[str] | tuple[str, ...], name: str = "custom") -> LabelSet:

@@ -13,6 +13,7 @@ import pytest
 
 from lantern.cli import main
 from lantern.corpus import load_corpus
+from lantern.corpus.convert import convert_corpus
 from tests.corpus.corpus_fixtures import (
     cogmen_tuple,
     corect_dict,
@@ -20,6 +21,7 @@ from tests.corpus.corpus_fixtures import (
     dump_pickle,
     write_emoeval,
 )
+from tests.corpus.csv_fixtures import fake_models, meld_row, meld_splits, write_emorynlp, write_meld
 
 
 @pytest.fixture
@@ -128,17 +130,8 @@ def test_example_command(tmp_path, capsys):
     )  # same seed, same corpus
 
 
-def _fake_minilm(monkeypatch):
-    import lantern.corpus.text_features as text_features
-
-    def embed(texts, batch_size=64):
-        return np.stack([np.full(384, len(t) / 100, dtype=np.float32) for t in texts])
-
-    monkeypatch.setattr(text_features, "embed_texts", embed)
-
-
 def test_convert_jsonl_and_minilm_text_features(tmp_path, capsys, monkeypatch, cogmen_file):
-    _fake_minilm(monkeypatch)
+    fake_models(monkeypatch, width=384)
     src = tmp_path / "mine.jsonl"
     src.write_text(
         json.dumps(
@@ -164,7 +157,7 @@ def test_convert_jsonl_and_minilm_text_features(tmp_path, capsys, monkeypatch, c
         "--out",
         tmp_path / "j2",
     )
-    assert code == 2 and "carries no text feature vectors" in stderr
+    assert code == 2 and "jsonl carries no text feature vectors" in stderr
     src.write_text(json.dumps({"id": "a", "utterances": [{"speaker": "x", "text": "hi"}]}))
     code, _, stderr = _run(capsys, "data", "convert", src, "--format", "jsonl", "--out", tmp_path / "j3")
     assert code == 2 and "line 1: missing 'split'" in stderr  # a training corpus states its splits
@@ -190,7 +183,7 @@ def test_convert_jsonl_and_minilm_text_features(tmp_path, capsys, monkeypatch, c
     assert corpus.modalities == {"t": 384, "a": 100, "v": 512}
     assert corpus.feature_sources["t"] == "sentence-transformers/all-MiniLM-L6-v2"
     first = corpus.dialogues[0].utterances[0]
-    assert corpus.dialogues[0].features["t"][0, 0] == np.float32(len(first.text) / 100)
+    assert corpus.dialogues[0].features["t"][0, 0] == np.float32(len(first.text))
 
 
 def test_emoeval_that_matches_nothing_is_an_error(tmp_path, capsys):
@@ -204,3 +197,132 @@ def test_emoeval_that_matches_nothing_is_an_error(tmp_path, capsys):
     )
     assert code == 2 and "none of the corpus's" in stderr and "Ses01F_impro01_000" in stderr
     assert not out.exists()
+
+
+def test_convert_meld_csv_directory(tmp_path, capsys, monkeypatch):
+    models = fake_models(monkeypatch)
+    src = tmp_path / "MELD"
+    write_meld(src, bom="train")
+    out = tmp_path / "meld-corpus"
+    code, stdout, stderr = _run(capsys, "data", "convert", src, "--format", "meld-csv", "--out", out)
+    assert code == 0 and stderr == ""  # not a terminal: no progress bar
+    assert (
+        f"wrote {out}: 5 dialogues (train 2, dev 1, test 2), 10 utterances, labels meld7, modalities t=6"
+        in stdout
+    )
+    corpus = load_corpus(out)
+    assert corpus.feature_sources == {"t": "sentence-transformers/all-MiniLM-L6-v2"}
+    assert [u.id for u in corpus.dialogues[0].utterances] == [
+        "train_dia0_utt0",
+        "train_dia0_utt1",
+        "train_dia0_utt3",
+    ]
+    first = corpus.dialogues[0].utterances[2]
+    assert (
+        corpus.dialogues[0].features["t"][2, 0]
+        == len(first.text)
+        == len("First line\nsecond line, then more")
+    )
+    assert sum(len(b) for b in models["sentence-transformers/all-MiniLM-L6-v2"].batches) == 10
+
+    # --overwrite reuses the replaced corpus's rows: same encoder, same texts, no embedding.
+    models.clear()
+    assert _run(capsys, "data", "convert", src, "--format", "meld-csv", "--out", out, "--overwrite")[0] == 0
+    assert models == {}
+    code, stdout, _ = _run(
+        capsys,
+        "data",
+        "convert",
+        src,
+        "--format",
+        "meld-csv",
+        "--target",
+        "sentiment",
+        "--out",
+        out,
+        "--overwrite",
+    )
+    assert code == 0 and "labels meld-sentiment" in stdout and models == {}  # labels changed, texts did not
+    summary = json.loads(_run(capsys, "data", "inspect", out, "--json")[1])
+    assert summary["label_counts"] == {"negative": 5, "neutral": 3, "positive": 2}
+
+    code, stdout, _ = _run(
+        capsys, "data", "convert", src, "--format", "meld-csv", "--text-features", "st:org/model",
+        "--out", out, "--overwrite", "--no-progress",
+    )  # fmt: skip
+    assert code == 0 and list(models) == ["st:org/model"]  # another encoder: embedded again
+    assert load_corpus(out).feature_sources["t"] == "st:org/model"
+
+
+def test_progress_bar_on_a_terminal_unless_no_progress(tmp_path, capsys, monkeypatch):
+    fake_models(monkeypatch)
+    write_meld(tmp_path / "MELD")
+    convert_corpus(tmp_path / "MELD", "meld-csv", progress=True)
+    assert "10/10" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as if a person watched
+    argv = ["data", "convert", tmp_path / "MELD", "--format", "meld-csv", "--out"]
+    code, _, stderr = _run(capsys, *argv, tmp_path / "c1")
+    assert code == 0 and "embedding transcripts" in stderr and "10/10" in stderr
+    code, _, stderr = _run(capsys, *argv, tmp_path / "c2", "--no-progress")
+    assert code == 0 and stderr == ""
+
+
+def test_convert_emorynlp_csv_directory(tmp_path, capsys, monkeypatch):
+    fake_models(monkeypatch)
+    write_emorynlp(tmp_path / "emory")
+    out = tmp_path / "c"
+    code, stdout, _ = _run(
+        capsys, "data", "convert", tmp_path / "emory", "--format", "emorynlp-csv", "--out", out
+    )
+    assert code == 0 and "4 dialogues (train 2, dev 1, test 1), 7 utterances, labels emorynlp7" in stdout
+    assert load_corpus(out).dialogues[0].speakers[1] == "Monica Geller & Rachel Green"
+
+
+def test_csv_formats_refuse_what_does_not_apply(tmp_path, capsys, monkeypatch):
+    fake_models(monkeypatch)
+    write_meld(tmp_path / "MELD")
+    out = tmp_path / "out"
+    for extra, expected in [
+        (["--dev-fraction", "0.2"], "--dev-fraction does not apply to --format meld-csv"),
+        (["--text-features", "file"], "meld-csv carries no text feature vectors"),
+        (["--text-features", "glove"], "name no sentence encoder"),
+        (["--labels", "iemocap6"], "format meld-csv reads its own label set (meld7 here"),
+    ]:
+        code, _, stderr = _run(
+            capsys, "data", "convert", tmp_path / "MELD", "--format", "meld-csv", *extra, "--out", out
+        )
+        assert code == 2 and expected in stderr and stderr.count("\n") == 1, stderr
+    code, _, stderr = _run(
+        capsys, "data", "convert", tmp_path / "MELD", "--format", "meld-csv", "--labels", "meld-sentiment",
+        "--target", "sentiment", "--out", out,
+    )  # fmt: skip
+    assert code == 0  # naming the implied set is allowed
+    write_emorynlp(tmp_path / "emory")
+    code, _, stderr = _run(
+        capsys,
+        "data",
+        "convert",
+        tmp_path / "emory",
+        "--format",
+        "emorynlp-csv",
+        "--target",
+        "sentiment",
+        "--out",
+        tmp_path / "emory-out",
+    )
+    assert code == 2 and "target 'sentiment' applies to format meld-csv only" in stderr
+
+
+def test_bad_csv_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    models = fake_models(monkeypatch)
+    splits = meld_splits()
+    splits["test"].append(meld_row(12, 3, "Twice?", "Ann"))
+    write_meld(tmp_path / "MELD", splits)
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(
+        capsys, "data", "convert", tmp_path / "MELD", "--format", "meld-csv", "--out", out
+    )
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1
+    assert "test_sent_emo.csv" in stderr and "line 5: Utterance_ID 3 repeats" in stderr
+    assert "utterance test_dia12_utt3" in stderr
+    assert not out.exists() and models == {}  # refused before any embedding or writing

@@ -205,7 +205,11 @@ def test_training_is_deterministic_with_a_seed(reliable_last):
 def test_attention_learns_to_prefer_the_reliable_position(reliable_last):
     dev, test = reliable_last
     model = fitted("attention", dev)
-    assert not model.vanilla_only_
+    # A real gain: the guard keeps (nearly) all of the learned weighting.
+    assert (
+        model.shrink_ >= 0.8
+        and model.selection_["guard"]["nll_guarded"] < model.selection_["guard"]["nll_vanilla"]
+    )
     weights = model.attention_by_position(test)
     assert weights["2"] > weights["1"] > weights["0"]
     assert accuracy(model, test) > accuracy(METHODS["uniform"]().fit(dev), test) + 0.03
@@ -216,17 +220,41 @@ def test_attention_learns_to_prefer_the_reliable_position(reliable_last):
 def test_attention_with_a_useless_llm_stays_with_vanilla():
     dev, test = world(6, useless=True)
     model = fitted("attention", dev)
-    # The guard: the CV accuracy does not beat vanilla's, so Lantern is exactly vanilla.
-    assert model.vanilla_only_ and model.selection_["guard"]["vanilla_only"]
-    assert model.attention_by_position(test)["vanilla"] == 1.0
-    np.testing.assert_allclose(model.predict_proba(test), test.p)
     vanilla = accuracy(METHODS["vanilla"]().fit(dev), test)
+    # The guard: held-out likelihood says the LLM does not help, so Lantern shrinks to (nearly) vanilla.
+    guard = model.selection_["guard"]
+    assert model.shrink_ <= 0.1 and guard["lambda"] == model.shrink_
+    assert guard["nll_guarded"] <= guard["nll_vanilla"] and guard["nll_guarded"] <= guard["nll_unguarded"]
+    assert model.attention_by_position(test)["vanilla"] > 0.9
+    assert accuracy(model, test) >= vanilla - 0.01
     # Without the guard the learned weights still lean on vanilla.
-    model.vanilla_only_ = False
-    assert model.attention_by_position(test)["vanilla"] > 0.6
-    assert accuracy(model, test) >= vanilla - 0.03
+    unguarded = fitted("attention-unguarded", dev)
+    assert unguarded.shrink_ == 1.0 and "guard" not in unguarded.selection_
+    assert unguarded.attention_by_position(test)["vanilla"] > 0.6
+    assert accuracy(unguarded, test) >= vanilla - 0.03
     # The paper-literal merge has no vanilla candidate and pays for the useless LLM.
     assert accuracy(fitted("attention-llm", dev), test) < vanilla - 0.2
+
+
+def test_guard_shrinks_by_held_out_likelihood_with_a_one_standard_error_margin():
+    rng = np.random.default_rng(0)
+    n, c = 600, 6
+    labels = rng.integers(c, size=n)
+    dialogues = [f"d{i // 10}" for i in range(n)]
+    top = np.where(rng.random(n) < 0.7, labels, rng.integers(c, size=n))
+    p = rng.dirichlet(np.ones(c), size=n) * 0.1
+    p[np.arange(n), top] += 0.9  # an over-confident vanilla model, right ~70% of the time
+    p /= p.sum(axis=1, keepdims=True)
+    noise = rng.dirichlet(np.ones(c) * 0.3, size=n)
+    # A useless fused model (the vanilla answer mixed with noise): λ goes to vanilla, ε hedges alone.
+    lam, eps, record = crossval.shrinkage(0.7 * p + 0.3 * noise, p, labels, dialogues)
+    assert lam <= 0.1 and eps > 0 and record["nll_guarded"] <= record["nll_unguarded"]
+    # An informative one: its gain is many standard errors away, so it is kept (shrunk a little at most).
+    onehot = np.eye(c)[labels]
+    good = 0.5 * p + 0.5 * (0.7 * onehot + 0.3 * noise)
+    lam, _, record = crossval.shrinkage(good, p, labels, dialogues)
+    assert lam >= 0.8 and record["nll_guarded"] < record["nll_vanilla"]
+    assert set(record) >= {"rule", "lambda", "epsilon", "nll_by_lambda", "accuracy_vanilla"}
 
 
 def test_cv_selects_hyperparameters_on_the_training_set_only(reliable_last, monkeypatch):

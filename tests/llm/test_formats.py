@@ -1,4 +1,5 @@
-"""The LLM answer: schema, response_format modes, tolerant parsing that never crashes."""
+"""The LLM answer: the three answer formats, schemas, response_format modes, tolerant parsing that
+never crashes, and distributions read from top_logprobs."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from hypothesis import strategies as st
 from lantern.llm.formats import (
     DEFAULT_MODE,
     AnswerError,
+    DigitsFormat,
+    LogprobsFormat,
     ParsedAnswer,
+    ProbsFormat,
     answer_char_limit,
-    answer_schema,
+    answer_format,
     compact_answer,
     parse_answer,
     response_format,
@@ -120,17 +124,98 @@ def test_oversized_answer_raises() -> None:
     assert parse_answer(text, IDX, C, max_chars=len(text)).errors == {}
 
 
-def test_schema_requires_every_index_and_nothing_else() -> None:
-    schema = answer_schema([4, 5, 6], C)
+@pytest.mark.parametrize("name", ["digits", "probs", "logprobs"])
+def test_schema_requires_every_index_and_nothing_else(name: str) -> None:
+    schema = answer_format(name).schema([4, 5, 6], C)
     assert schema["required"] == ["4", "5", "6"]
     assert set(schema["properties"]) == {"4", "5", "6"}
     assert schema["additionalProperties"] is False
-    assert schema["properties"]["4"]["pattern"] == "^[0-9]{6}$"
-    assert "pattern" not in answer_schema([4], C, with_pattern=False)["properties"]["4"]
+    value = schema["properties"]["4"]
+    if name == "digits":
+        assert value["pattern"] == "^[0-9]{6}$"
+    elif name == "probs":
+        assert value["required"] == C and value["properties"]["fru"] == {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100,
+        }
+    else:
+        assert value == {"type": "string", "enum": C}
+
+
+@pytest.mark.parametrize("name", ["digits", "probs", "logprobs"])
+def test_each_format_reads_back_what_it_writes(name: str) -> None:
+    fmt = answer_format(name)
+    probs = {4: [0.1, 0.0, 0.62, 0.05, 0.03, 0.2], 5: [0.05, 0.8, 0.05, 0.05, 0.05, 0.0]}
+    text = fmt.render(probs, C)
+    if name == "logprobs":
+        assert json.loads(text) == {"4": "neu", "5": "sad"}
+        assert fmt.request_params() == {"logprobs": True, "top_logprobs": 20}
+        return
+    parsed = fmt.parse(text, None, IDX, C)
+    assert parsed.errors == {}
+    for i in IDX:  # digits resolve about 1/9 of the top class (renormalised), percentages 1%
+        assert max(abs(a - b) for a, b in zip(parsed.probs[i], probs[i], strict=True)) < (
+            0.12 if name == "digits" else 0.01
+        )
+    assert fmt.max_tokens(6, 6) > 6 * 6
+
+
+def logprob_tokens(*pieces: tuple[str, dict[str, float] | None]) -> list[dict]:
+    """OpenAI-style logprobs.content: each piece a token, with top_logprobs given as token → probability."""
+    out = []
+    for token, top in pieces:
+        top = top or {token: 1.0}
+        out.append(
+            {
+                "token": token,
+                "logprob": math.log(top.get(token, 1e-9)),
+                "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top.items()],
+            }
+        )
+    return out
+
+
+def test_logprobs_are_read_at_each_label_with_shared_first_tokens_split() -> None:
+    fmt = LogprobsFormat()
+    text = '{"4": "neu", "5": "hap"}'
+    tokens = logprob_tokens(
+        ('{"', None), ("4", None), ('": "', None),
+        ("ne", {"ne": 0.6, "ang": 0.3, "h": 0.1}),
+        ("u", None), ('", "', None), ("5", None), ('": "', None),
+        ("hap", {"hap": 0.5, "exc": 0.25, "happy": 0.25, " ": 0.3}),
+        ('"}', None),
+    )  # fmt: skip
+    assert "".join(t["token"] for t in tokens) == text
+    parsed = fmt.parse(text, tokens, IDX, C)
+    assert parsed.errors == {}
+    assert close(parsed.probs[4], [0.1, 0, 0.6, 0.3, 0, 0])
+    # "happy" is hap's gloss; a token starting no class (a space) is dropped and the rest renormalised.
+    assert close(parsed.probs[5], [0.75, 0, 0, 0, 0.25, 0])
+
+
+def test_logprobs_tokens_that_begin_inside_the_quote_and_shared_prefixes() -> None:
+    fmt = LogprobsFormat()
+    classes = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
+    text = '{"0":"sadness"}'
+    tokens = logprob_tokens(('{"0":', None), ('"s', {'"s': 0.8, '"joy': 0.2}), ("adness", None), ('"}', None))
+    parsed = fmt.parse(text, tokens, [0], classes)
+    # '"s' starts both sadness and surprise: its probability is shared between them.
+    assert close(parsed.probs[0], [0, 0.4, 0, 0.4, 0.2, 0, 0])
+
+
+def test_logprobs_format_without_logprobs_falls_back_rather_than_faking_certainty() -> None:
+    parsed = LogprobsFormat().parse('{"4": "neu", "5": "hap"}', None, IDX, C)
+    assert parsed.probs == {} and parsed.errors == {4: "no logprobs", 5: "no logprobs"}
+    # A bare label is still read as a one-hot answer by the numeric formats' tolerant reader.
+    assert close(ProbsFormat().parse('{"4": "neu", "5": "happy"}', None, IDX, C).probs[5], [1, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="unknown answer format"):
+        answer_format("words")
+    assert isinstance(answer_format("digits"), DigitsFormat)
 
 
 def test_response_format_modes() -> None:
-    schema = answer_schema([4], C)
+    schema = DigitsFormat().schema([4], C)
     strict = response_format("json_schema", schema)
     assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
     assert strict["json_schema"]["schema"] == schema and strict["json_schema"]["name"]

@@ -85,11 +85,30 @@ def test_window_without_vad_drops_the_vad_wording() -> None:
     assert "valence" not in text and "| vad " not in text
 
 
-def test_template_version_names_template_and_ablations() -> None:
+def test_template_version_names_template_answer_format_and_ablations() -> None:
     v = template_version(PromptOptions())
-    assert re.fullmatch(r"erc-v1@[0-9a-f]{12}", v)
+    assert re.fullmatch(r"erc-v2@[0-9a-f]{12}-probs", v)
     assert template_version(PromptOptions(include_vad=False)) == v + "-novad"
     assert template_version(PromptOptions(include_probs=False)) == v + "-noprobs"
+    assert template_version(PromptOptions(answer_format="logprobs")) == v.replace("-probs", "-logprobs")
+    with pytest.raises(ValueError, match="unknown answer format"):
+        PromptOptions(answer_format="poetry")
+
+
+WORDINGS = {
+    "probs": "probability in percent",
+    "logprobs": "name of the single most likely class",
+    "digits": "strings of exactly 6 digits",
+}
+
+
+@pytest.mark.parametrize(("form", "wording"), list(WORDINGS.items()))
+def test_only_the_chosen_answer_format_is_asked_for(form: str, wording: str) -> None:
+    text = user(build_messages("d", 4, 7, window(), IEMOCAP6, PromptOptions(answer_format=form)))
+    assert wording in text and "[[" not in text
+    for other, other_wording in WORDINGS.items():
+        if other != form:
+            assert other_wording not in text
 
 
 def test_custom_template_file_changes_the_version(tmp_path) -> None:
@@ -159,7 +178,7 @@ def test_meld_label_set_and_full_names() -> None:
     utterances = [FieldUtterance(0, "a", "Ross", "We were on a break!", probs, None)]
     text = user(build_messages("meld_1", 0, 1, utterances, MELD7))
     assert "probs neutral 0.14, surprise 0.14" in text
-    assert "strings of exactly 7 digits" in text
+    assert "probability in percent" in text
 
 
 @pytest.mark.parametrize(

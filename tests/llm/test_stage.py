@@ -17,9 +17,12 @@ import pytest
 
 from lantern.answers import read_field_answers
 from lantern.fields import FieldSpec
+from lantern.labels import IEMOCAP6
 from lantern.llm.client import LLMAuthError
 from lantern.llm.config import Endpoint, LLMConfig
-from lantern.llm.stage import max_answer_tokens, run_llm_stage
+from lantern.llm.formats import answer_format
+from lantern.llm.prompt import PromptOptions
+from lantern.llm.stage import run_llm_stage
 from lantern.predictions import read_predictions
 from lantern.rundir import LLMSettings, LLMStats, RunDir
 from lantern.testing.prompt_reader import read_field
@@ -34,6 +37,7 @@ from lantern.testing.server import (
 )
 
 STRIDE, T = 4, 3
+CLASSES = list(IEMOCAP6.classes)
 
 
 def make_run(root: Path, dialogues: list[tuple[str, int]], texts: dict[str, str] | None = None) -> Path:
@@ -41,10 +45,11 @@ def make_run(root: Path, dialogues: list[tuple[str, int]], texts: dict[str, str]
     return make_runs(root, make_corpus(dialogues, texts=texts)).root
 
 
-def config(*urls: str, refresh: bool = False, **endpoint) -> LLMConfig:
+def config(*urls: str, refresh: bool = False, answer_format: str = "probs", **endpoint) -> LLMConfig:
     options = {"model": "test-model", "timeout": 5.0, "backoff_base": 0.01, "max_retries": 2, **endpoint}
     return LLMConfig(
         fields=FieldSpec(STRIDE, T),
+        prompt=PromptOptions(answer_format=answer_format),
         endpoint=Endpoint(base_urls=[u + "/v1" for u in urls], **options),
         refresh=refresh,
     )
@@ -109,16 +114,27 @@ def test_every_window_and_utterance_is_answered_and_a_rerun_is_free(tmp_path, fr
     assert refreshed.requests_sent == 12 and refreshed.cache_hits == 0
 
 
-def test_requests_are_structured_and_sized_from_the_window(tmp_path, fresh):
+@pytest.mark.parametrize("form", ["probs", "logprobs", "digits"])
+def test_requests_are_structured_and_sized_from_the_field(tmp_path, fresh, form):
     run = make_run(tmp_path, [("test", 6)])
-    run_llm_stage(run, config(fresh), ["test"], progress=False)
+    stats = run_llm_stage(run, config(fresh, answer_format=form), ["test"], progress=False)
+    assert stats.fallbacks == {} and settings_of(run).answer_format == form
+    fmt = answer_format(form)
     for body in recent_requests(fresh):
         field = read_field(body["messages"][-1]["content"])
         n = field.stop - field.start
         assert body["temperature"] == 0
-        assert body["max_tokens"] == max_answer_tokens(n, 6)
+        assert body["max_tokens"] == fmt.max_tokens(n, 6)
+        assert body.get("logprobs") is (True if form == "logprobs" else None)
         schema = body["response_format"]["json_schema"]["schema"]
-        assert schema["required"] == [str(i) for i in range(field.start, field.stop)]
+        assert schema == fmt.schema(list(range(field.start, field.stop)), CLASSES)
+    # The echo server answers with the vanilla probabilities it was shown (2 decimals): every
+    # format reads them back, logprobs through the label tokens' top_logprobs.
+    shown = {p.id: p.probs for p in read_predictions(RunDir(run).predictions("test"))}
+    for a in read_field_answers(RunDir(run).answers("test")):
+        for u in a.utterances:
+            tolerance = {"probs": 0.011, "logprobs": 0.011, "digits": 0.12}[form]
+            assert max(abs(x - y) for x, y in zip(u.probs, shown[u.id], strict=True)) < tolerance
 
 
 def test_llamacpp_servers_get_their_own_structured_output_mode(tmp_path):
@@ -151,7 +167,7 @@ def test_bad_answers_are_retried_then_fall_back_per_utterance(
     run = make_run(tmp_path, [("test", 3)])  # one distinct request, shared by three fields
     if fault == "oversized":
         # The test server cuts answers at max_tokens, as real servers do; lift it so 200k characters arrive.
-        monkeypatch.setattr("lantern.llm.stage.max_answer_tokens", lambda n, c: 100_000)
+        monkeypatch.setattr("lantern.llm.formats.ProbsFormat.max_tokens", lambda self, n, c: 100_000)
     inject_faults(fresh, [{"kind": fault, "count": 3}])
     stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
     assert chats(fresh) == 3 and stats.answer_retries == 2

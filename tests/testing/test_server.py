@@ -15,7 +15,7 @@ import pytest
 
 from lantern.labels import IEMOCAP6
 from lantern.llm.client import estimate_tokens
-from lantern.llm.formats import AnswerError, answer_schema, parse_answer, response_format
+from lantern.llm.formats import AnswerError, LogprobsFormat, answer_format, parse_answer, response_format
 from lantern.llm.prompt import FieldUtterance, PromptOptions, build_messages, dialogue_alias
 from lantern.predictions import Prediction, write_predictions
 from lantern.rundir import SIMULATED_MODEL
@@ -92,6 +92,32 @@ def test_echo_answer_is_parseable_and_equals_the_vanilla_probs(url: str) -> None
     for i in INDICES:
         assert max(abs(a - b) for a, b in zip(parsed.probs[i], vanilla[i], strict=True)) < 0.08
     assert content(chat(url, messages)) == content(response)  # deterministic
+
+
+@pytest.mark.parametrize("name", ["probs", "logprobs", "digits"])
+def test_the_server_answers_in_the_format_the_schema_asks_for(url: str, name: str) -> None:
+    fmt = answer_format(name)
+    messages = make_window()
+    body = chat(
+        url,
+        messages,
+        response_format=response_format("json_schema", fmt.schema(INDICES, CLASSES)),
+        **fmt.request_params(),
+    ).json()
+    text = body["choices"][0]["message"]["content"]
+    logprobs = (body["choices"][0]["logprobs"] or {}).get("content")
+    assert (logprobs is not None) == (name == "logprobs")
+    parsed = fmt.parse(text, logprobs, INDICES, CLASSES)
+    assert parsed.errors == {}
+    vanilla = {u.index: u.probs for u in read_field(messages[1]["content"]).utterances}
+    for i in INDICES:  # logprobs: top_logprobs carry the distribution; digits quantise
+        tolerance = 0.12 if name == "digits" else 0.011
+        assert max(abs(a - b) for a, b in zip(parsed.probs[i], vanilla[i], strict=True)) < tolerance
+    if name == "logprobs":
+        assert "".join(item["token"] for item in logprobs) == text
+        labels = [item for item in logprobs if len(item["top_logprobs"]) > 1]
+        assert isinstance(fmt, LogprobsFormat) and len(labels) == len(INDICES)
+        assert all(len(item["top_logprobs"]) == len(CLASSES) for item in labels)
 
 
 def test_models_endpoint_and_stats(url: str) -> None:
@@ -178,7 +204,7 @@ def test_unknown_fault_is_rejected(url: str) -> None:
 
 
 def test_response_format_shapes_on_an_openai_kind_server(url: str) -> None:
-    schema = answer_schema(INDICES, CLASSES)
+    schema = answer_format("digits").schema(INDICES, CLASSES)
     assert chat(url, make_window(), response_format=response_format("json_schema", schema)).status_code == 200
     assert chat(url, make_window(), response_format=response_format("json_object", schema)).status_code == 200
     assert chat(url, make_window(), response_format={"type": "json_schema"}).status_code == 400
@@ -187,7 +213,7 @@ def test_response_format_shapes_on_an_openai_kind_server(url: str) -> None:
 
 
 def test_llamacpp_kind_refuses_json_schema_with_500() -> None:
-    schema = answer_schema(INDICES, CLASSES)
+    schema = answer_format("probs").schema(INDICES, CLASSES)
     with running_test_server(kind="llamacpp") as url:
         refused = chat(url, make_window(), response_format=response_format("json_schema", schema))
         assert refused.status_code == 500 and "json_schema" in refused.json()["error"]["message"]

@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from lantern.corpus.convert import FORMATS
+from lantern.corpus.convert import FORMATS, OWN_DEV_SPLIT, TARGETS
 from lantern.errors import LanternError
+from lantern.labels import BUILTIN
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,25 +21,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = group.add_parser(
         "convert", help="read a public layout (or your JSONL) into a native corpus directory"
     )
-    p.add_argument("src", type=Path, metavar="SRC", help="the input file")
+    p.add_argument(
+        "src",
+        type=Path,
+        metavar="SRC",
+        help="the input file; for meld-csv / emorynlp-csv the directory holding the three split files",
+    )
     p.add_argument("--format", required=True, choices=FORMATS, help="the input layout")
     p.add_argument(
         "--emoeval", type=Path, metavar="DIR", help="IEMOCAP EmoEvaluation folder(s) to join VAD from"
     )
+    p.add_argument("--labels", metavar="NAME", help=f"label set ({', '.join(BUILTIN)}; default per format)")
     p.add_argument(
-        "--labels", metavar="NAME", help="label set (iemocap6, iemocap4, meld7; default per format)"
+        "--target",
+        choices=TARGETS,
+        default="emotion",
+        help="meld-csv: label the Emotion column (meld7, default) or the Sentiment column (meld-sentiment)",
     )
     p.add_argument(
         "--text-features",
-        choices=("file", "minilm"),
-        help="'file': the file's text vectors (default); 'minilm': embed the transcripts (JSONL: always)",
+        metavar="SPEC",
+        help="'file': the file's text vectors (default for the pickles); 'minilm': embed the transcripts "
+        "with the bundled offline MiniLM (default for jsonl, meld-csv, emorynlp-csv); "
+        "'st:PATH_OR_NAME': with that sentence-transformers model",
     )
     p.add_argument(
         "--dev-fraction",
         type=float,
         metavar="F",
-        help="share of train dialogues (the first ones, in file order) made dev (default 0.1)",
+        help="share of train dialogues (the first ones, in file order) made dev (default 0.1; "
+        f"not for {', '.join(OWN_DEV_SPLIT)}, whose files state their splits)",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while embedding transcripts")
     p.add_argument(
         "--out", required=True, type=Path, metavar="CORPUS_DIR", help="the corpus directory to write"
     )
@@ -80,7 +94,7 @@ def _describe(corpus, out: Path) -> str:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from lantern.corpus.convert import OWN_DEV_SPLIT, convert_corpus
+    from lantern.corpus.convert import convert_corpus
     from lantern.corpus.native import save_corpus
 
     if args.dev_fraction is not None and args.format in OWN_DEV_SPLIT:
@@ -89,6 +103,7 @@ def _convert(args: argparse.Namespace) -> int:
         )
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out}: already exists (pass --overwrite to replace it)")
+    # The corpus being replaced caches the embeddings of unchanged texts by the same encoder.
     corpus, report = convert_corpus(
         args.src,
         args.format,
@@ -96,6 +111,9 @@ def _convert(args: argparse.Namespace) -> int:
         labels=args.labels,
         text_features=args.text_features,
         dev_fraction=args.dev_fraction,
+        target=args.target,
+        cache_dir=args.out if args.out.is_dir() else None,
+        progress=False if args.no_progress else None,
     )
     out = save_corpus(corpus, args.out, overwrite=args.overwrite)
     vad = report.summary() if report is not None else "VAD none (no --emoeval)"

@@ -16,7 +16,7 @@ from typing import Any
 
 from lantern.fields import FieldSpec
 from lantern.llm.config import Endpoint, LLMConfig
-from lantern.llm.prompt import PromptOptions
+from lantern.llm.prompt import ANSWER_FORMATS, PromptOptions
 
 _ENDPOINT_DEFAULTS = {f.name: f.default for f in fields(Endpoint)}
 _FIELD_DEFAULTS = FieldSpec()
@@ -158,6 +158,12 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--template", help=f"prompt template name or .txt path (default {_PROMPT_DEFAULTS.template})"
     )
+    p.add_argument(
+        "--answer-format",
+        choices=ANSWER_FORMATS,
+        help=f"how the LLM answers: adjusted probabilities, a label read by log-probabilities, or "
+        f"digits (default {_PROMPT_DEFAULTS.answer_format})",
+    )
     p.add_argument("--no-vad", action="store_true", help="leave the VAD references out of the prompt")
     p.add_argument("--no-probs", action="store_true", help="leave the class-probability references out")
 
@@ -198,6 +204,7 @@ def llm_config_from_args(args: argparse.Namespace) -> LLMConfig:
         include_probs=not args.no_probs,
         include_vad=not args.no_vad,
         template=args.template or _PROMPT_DEFAULTS.template,
+        answer_format=args.answer_format or _PROMPT_DEFAULTS.answer_format,
     )
     return LLMConfig(
         fields=fields_spec, prompt=prompt, endpoint=endpoint_from_args(args), refresh=args.refresh

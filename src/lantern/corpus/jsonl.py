@@ -17,7 +17,10 @@
 - The file is UTF-8; a leading byte-order mark (as Windows tools write) is accepted.
 
 There are no feature vectors in the file, so the "t" modality is computed from the transcripts
-with MiniLM (:mod:`lantern.corpus.text_features`) unless ``text_features=False``.
+(:mod:`lantern.corpus.text_features`) unless ``text_features=False``: by ``text_encoder`` when
+given — to embed new dialogues the way a corpus was, pass
+``lantern.corpus.text_features.text_encoder(corpus.feature_sources["t"])`` — else by the bundled
+MiniLM.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lantern.corpus.dialogue import SPLITS, VAD_RANGE, Corpus, CorpusError, Dialogue, Utterance
-from lantern.corpus.text_features import add_text_features
+from lantern.corpus.text_features import TextEncoder, add_text_features
 from lantern.jsonio import json_lines
 from lantern.labels import IEMOCAP6, LabelSet, custom_label_set, get_label_set
 
@@ -128,9 +131,14 @@ def read_jsonl(
     labels: str | None = None,
     default_split: str | None = "test",
     text_features: bool = True,
+    text_encoder: TextEncoder | None = None,
+    progress: bool | None = None,
     name: str | None = None,
 ) -> Corpus:
-    """Read a dialogues-per-line JSONL file into a validated Corpus (see the module docstring)."""
+    """Read a dialogues-per-line JSONL file into a validated Corpus (see the module docstring).
+
+    ``progress`` is the embedding progress bar's setting (see ``TextEncoder.encode``).
+    """
     path = Path(path)
     file = str(path)
     if not path.is_file():
@@ -165,5 +173,5 @@ def read_jsonl(
     corpus = Corpus(name=name or path.stem, labels=label_set, dialogues=dialogues, modalities={})
     corpus.validate(file=file)
     if text_features:
-        corpus = add_text_features(corpus, replace=False)
+        corpus = add_text_features(corpus, replace=False, encoder=text_encoder, progress=progress)
     return corpus

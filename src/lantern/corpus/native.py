@@ -9,8 +9,9 @@
                             vad ([v, a, d] or null)}]
       features/<m>.npy      float32 ``(utterances, width)``: every utterance of the corpus, in corpus
                             order, for modality m ("t", "a", "v")
-      features/t.json       what made the text rows (model name) and a hash of the texts, so
-                            computed sentence embeddings are reused rather than recomputed
+      features/t.json       what made the text rows (the encoder's source string, or "file"), their
+                            width and a hash of the texts, so computed sentence embeddings are
+                            reused rather than recomputed
 
 Anyone can read it with ``json`` and ``numpy``, and nothing in it can run code. Feature arrays are
 memory-mapped on load, and each dialogue's features are views into those maps. Loading still reads

@@ -52,10 +52,12 @@ def single_thread() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Scores:
-    """Held-out scores of R replicas at one epoch: summed NLL and number correct, each ``(R,)``."""
+    """Held-out scores of R replicas at one epoch: summed NLL and number correct, each ``(R,)``, and
+    every replica's mixture ``(R, n, C)`` (a replica's held-out rows are the ones it did not learn)."""
 
     nll: np.ndarray
     correct: np.ndarray
+    mixture: np.ndarray
 
 
 def train_replicas(
@@ -108,10 +110,12 @@ def train_replicas(
             with torch.no_grad():
                 weights = batched(params, buffers)
                 held = 1 - mask
-                correct = (mixture(weights, x).argmax(dim=2) == x["labels"]).float()
+                mixed = mixture(weights, x)
+                correct = (mixed.argmax(dim=2) == x["labels"]).float()
                 scores[epoch] = Scores(
                     nll=(mixture_nll(weights, x) * held).sum(dim=1).numpy(),
                     correct=(correct * held).sum(dim=1).numpy(),
+                    mixture=mixed.double().numpy(),
                 )
     with torch.no_grad():
         for r, module in enumerate(modules):
@@ -132,6 +136,16 @@ def dialogue_folds(dialogues: Sequence[str], k: int, seed: int) -> np.ndarray | 
     return np.array([fold_of[dlg] for dlg in dialogues])
 
 
+@dataclass
+class CrossValidation:
+    """Every grid point's mean held-out NLL and accuracy (``rows``), and its held-out mixtures
+    ``(n, C)``: each utterance fused by the replica that did not see its fold (``held_out``, keyed by
+    (hidden, weight decay, epochs))."""
+
+    rows: list[dict]
+    held_out: dict[tuple[int, float, int], np.ndarray]
+
+
 def cross_validate(
     build: Callable[[int], nn.Module],
     x: dict[str, torch.Tensor],
@@ -143,20 +157,20 @@ def cross_validate(
     folds: int,
     lr: float,
     seed: int,
-) -> list[dict]:
-    """Mean held-out NLL and accuracy of every (hidden, weight decay, epochs) grid point over K
-    dialogue folds; ``build(hidden)`` makes a fresh scorer. Empty when there are under 2 dialogues."""
+) -> CrossValidation:
+    """Cross-validate every (hidden, weight decay, epochs) grid point over K dialogue folds;
+    ``build(hidden)`` makes a fresh scorer. Empty when there are under 2 dialogues."""
     fold = dialogue_folds(dialogues, folds, seed)
     if fold is None:
         log.warning("fewer than 2 dialogues: hyperparameters not cross-validated")
-        return []
+        return CrossValidation([], {})
     k = int(fold.max()) + 1
     n = len(dialogues)
     # Replica (w, f): weight decay w, trained on every fold but f.
     grid = [(wd, f) for wd in weight_decays for f in range(k)]
     train_mask = np.stack([fold != f for _, f in grid])
     epochs = sorted(epoch_grid)
-    rows = []
+    result = CrossValidation([], {})
     for hidden in hidden_sizes:
         _, scores = train_replicas(
             lambda hidden=hidden: build(hidden),
@@ -170,17 +184,22 @@ def cross_validate(
         )
         for wd in weight_decays:
             in_wd = np.array([g == wd for g, _ in grid])
-            rows += [
-                {
-                    "hidden": hidden,
-                    "weight_decay": wd,
-                    "epochs": e,
-                    "nll": round(float(scores[e].nll[in_wd].sum()) / n, 6),
-                    "accuracy": round(float(scores[e].correct[in_wd].sum()) / n, 6),
-                }
-                for e in epochs
-            ]
-    return rows
+            for e in epochs:
+                result.rows.append(
+                    {
+                        "hidden": hidden,
+                        "weight_decay": wd,
+                        "epochs": e,
+                        "nll": round(float(scores[e].nll[in_wd].sum()) / n, 6),
+                        "accuracy": round(float(scores[e].correct[in_wd].sum()) / n, 6),
+                    }
+                )
+                held = np.zeros(scores[e].mixture.shape[1:])
+                for r, (g, f) in enumerate(grid):
+                    if g == wd:
+                        held[fold == f] = scores[e].mixture[r][fold == f]
+                result.held_out[(hidden, wd, e)] = held
+    return result
 
 
 class SearchCV:
@@ -193,9 +212,9 @@ class SearchCV:
 
     **[ours]** Vanilla guard (``guard=True``, Lantern's ``attention``): the mixture cross-entropy
     rewards hedging, so against a useless LLM the optimum still mixes a little of it into p, which
-    flips a few close calls. If the selected grid point's cross-validated accuracy does not beat the
-    vanilla model's accuracy on the same utterances, the fitted method puts all weight on the
-    vanilla candidate (``vanilla_only_``).
+    flips a few close calls. The guard shrinks the fitted weights toward the vanilla candidate by a
+    factor chosen on held-out NLL over the same dialogue folds, with a one-standard-error margin
+    (:func:`shrinkage`; ``shrink_`` and ``smooth_`` on the fitted method).
 
     ``fit(inputs)`` returns the refitted estimator, its ``selection_`` holding the CV table, the
     chosen point and the guard's decision.
@@ -229,7 +248,7 @@ class SearchCV:
             raise LanternError(f"fusion method {est.name!r}: no labelled utterances to train on")
         with single_thread():
             x = est.prepare(train)
-            rows = cross_validate(
+            cv = cross_validate(
                 lambda hidden: est.build(hidden, train.t, train.n_classes),
                 x,
                 train.dialogues,
@@ -240,26 +259,81 @@ class SearchCV:
                 lr=est.lr,
                 seed=est.seed,
             )
-        if rows:
-            best = min(rows, key=lambda row: row["nll"])
+        if cv.rows:
+            best = min(cv.rows, key=lambda row: row["nll"])
             chosen = {k: best[k] for k in ("hidden", "weight_decay", "epochs")}
         else:
-            best = None
             chosen = {
                 "hidden": self.hidden_sizes[0],
                 "weight_decay": self.weight_decays[0],
                 "epochs": self.epoch_grid[-1],
             }
         fitted = type(est)(**{**est.get_params(), **chosen}).fit(inputs)
-        selection: dict[str, Any] = {"selected": chosen, "cv": rows}
-        if self.guard and best is not None:
-            vanilla = float((train.p.argmax(axis=1) == train.labels).mean())
-            fitted.vanilla_only_ = best["accuracy"] <= vanilla
-            selection["guard"] = {
-                "cv_accuracy": best["accuracy"],
-                "cv_accuracy_vanilla": round(vanilla, 6),
-                "vanilla_only": fitted.vanilla_only_,
-            }
+        selection: dict[str, Any] = {"selected": chosen, "cv": cv.rows}
+        if self.guard and cv.rows:
+            held = cv.held_out[(chosen["hidden"], chosen["weight_decay"], chosen["epochs"])]
+            fitted.shrink_, fitted.smooth_, selection["guard"] = shrinkage(
+                held, train.p, train.labels, train.dialogues
+            )
         fitted.selection_ = selection
         log.info("%s: selected %s by cross-validation", est.name, chosen)
         return fitted
+
+
+SHRINK_GRID = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 21))
+SMOOTH_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
+
+
+def shrinkage(
+    held_out: np.ndarray, p: np.ndarray, labels: np.ndarray, dialogues: Sequence[str]
+) -> tuple[float, float, dict[str, Any]]:
+    """The vanilla guard: λ and ε of ``λ·fused + (1 − λ)·((1 − ε)·vanilla + ε/C)``, chosen on
+    held-out likelihood.
+
+    ``held_out`` ``(n, C)`` holds each utterance fused by a model that did not learn its dialogue.
+    For each λ, ε is the smoothing with the lowest held-out NLL (it lets the vanilla side hedge by
+    itself and never changes vanilla's argmax: an over-confident vanilla model would otherwise make
+    mixing in a useless LLM look good, because any mixing hedges). Then the one-standard-error
+    rule: the smallest λ whose NLL is within one dialogue-clustered standard error of the best λ's.
+    A useless LLM's small, noisy advantage stays within that margin, so λ goes to 0 (vanilla); a
+    real gain sits many standard errors away, so λ stays near 1 and is shrunk, never switched off
+    by chance. Returns λ, ε and a record of the choice for the run's files.
+    """
+    rows = np.arange(len(labels))
+    n_classes = p.shape[1]
+    fused, vanilla = held_out[rows, labels], p[rows, labels]
+    groups = np.unique(np.asarray(dialogues), return_inverse=True)[1]
+
+    def losses(lam: float, eps: float) -> np.ndarray:
+        mixed = lam * fused + (1.0 - lam) * ((1.0 - eps) * vanilla + eps / n_classes)
+        return -np.log(np.maximum(mixed, 1e-8))
+
+    per_lambda = {}
+    for lam in SHRINK_GRID:
+        eps = min(SMOOTH_GRID, key=lambda e: float(losses(lam, e).mean()))
+        per_lambda[lam] = (eps, losses(lam, eps))
+    best = min(SHRINK_GRID, key=lambda lam: (float(per_lambda[lam][1].mean()), -lam))
+    reference = per_lambda[best][1]
+
+    def standard_error(lam: float) -> float:
+        diff = np.bincount(groups, weights=per_lambda[lam][1] - reference)  # per dialogue
+        n_groups = len(diff)
+        return float(np.sqrt(n_groups) * diff.std(ddof=1) / len(labels)) if n_groups > 1 else 0.0
+
+    margin = {lam: float(per_lambda[lam][1].mean() - reference.mean()) for lam in SHRINK_GRID}
+    lam = min(x for x in SHRINK_GRID if margin[x] <= standard_error(x))
+    eps = per_lambda[lam][0]
+    record = {
+        "rule": "smallest lambda whose held-out NLL of lambda*fused + (1-lambda)*((1-eps)*vanilla + eps/C) "
+        "is within one dialogue-clustered standard error of the best lambda's (dialogue folds)",
+        "lambda": lam,
+        "epsilon": eps,
+        "lambda_best_nll": best,
+        "nll_vanilla": round(float(per_lambda[0.0][1].mean()), 6),
+        "nll_unguarded": round(float(losses(1.0, 0.0).mean()), 6),
+        "nll_guarded": round(float(per_lambda[lam][1].mean()), 6),
+        "accuracy_vanilla": round(float((p.argmax(axis=1) == labels).mean()), 6),
+        "accuracy_unguarded": round(float((held_out.argmax(axis=1) == labels).mean()), 6),
+        "nll_by_lambda": {str(x): round(float(per_lambda[x][1].mean()), 6) for x in SHRINK_GRID},
+    }
+    return float(lam), float(eps), record

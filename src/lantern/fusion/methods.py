@@ -13,14 +13,16 @@ weights are found (METHOD.md §4):
   β_i = sigmoid(uᵀ[p_i; d_i] + u₀) a learned gate;
 - ``attention`` (Lantern's default): additive attention over the candidates, the vanilla
   distribution p_i being one more candidate with its own position embedding, so a useless LLM can
-  be ignored (:class:`lantern.fusion.scorers.AttentionScorer`);
+  be ignored (:class:`lantern.fusion.scorers.AttentionScorer`), then the vanilla guard: shrinkage
+  toward vanilla by a factor chosen on held-out likelihood (:class:`SearchCV`);
+- ``attention-unguarded``: the same attention without the guard, reported beside it;
 - ``attention-llm``: the paper-literal variant, attention over the t LLM answers only.
 
 Estimators follow scikit-learn's shape: hyperparameters in ``__init__`` (stored, not validated
 there), ``fit(inputs)`` returns self, learned state ends in ``_``, ``predict_proba(inputs)``, and
 ``save(dir)`` / :meth:`FusionMethod.load`. The trained methods minimise the cross-entropy of the
 mixture on held-out utterances by full-batch Adam with the hyperparameters they are given; choosing
-those is :class:`lantern.fusion.crossval.SearchCV`'s job, never the estimator's.
+those (and the guard) is :class:`lantern.fusion.crossval.SearchCV`'s job, never the estimator's.
 """
 
 from __future__ import annotations
@@ -160,10 +162,13 @@ class TrainedFusion(FusionMethod):
 
     ``hidden`` (attention width), ``weight_decay`` (L2 penalty on every parameter, pulling the
     weights toward uniform), ``epochs`` (full-batch Adam steps at ``lr``), ``position_dim`` (width of
-    the position embeddings), ``use_offset`` (also embed the offset r in the field).
+    the position embeddings), ``use_context`` (embed the utterance's true past and future context
+    in each field, not only its position b).
 
-    ``vanilla_only_`` is set by model selection's vanilla guard (:class:`SearchCV`): when True the
-    fitted method puts all weight on the vanilla candidate.
+    ``shrink_`` and ``smooth_`` are set by model selection's vanilla guard (:class:`SearchCV`): the
+    fitted weights are ``shrink_ · w + (1 − shrink_) · vanilla`` (1: the learned weights as they
+    are), and the vanilla share is smoothed toward uniform by ``smooth_`` (calibration only: it
+    never changes which class vanilla ranks first).
     """
 
     trained = True
@@ -177,7 +182,7 @@ class TrainedFusion(FusionMethod):
         epochs: int = 300,
         lr: float = 0.03,
         position_dim: int = 8,
-        use_offset: bool = False,
+        use_context: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__(seed=seed)
@@ -186,10 +191,11 @@ class TrainedFusion(FusionMethod):
         self.epochs = epochs
         self.lr = lr
         self.position_dim = position_dim
-        self.use_offset = use_offset
+        self.use_context = use_context
         self.module_: nn.Module | None = None
-        self.n_offsets_ = 0
-        self.vanilla_only_ = False
+        self.n_context_ = 0
+        self.shrink_ = 1.0
+        self.smooth_ = 0.0
         self.selection_: dict[str, Any] = {}
 
     def get_params(self) -> dict[str, Any]:
@@ -199,7 +205,7 @@ class TrainedFusion(FusionMethod):
             "epochs": self.epochs,
             "lr": self.lr,
             "position_dim": self.position_dim,
-            "use_offset": self.use_offset,
+            "use_context": self.use_context,
             "seed": self.seed,
         }
 
@@ -208,10 +214,10 @@ class TrainedFusion(FusionMethod):
         """A fresh weighting module mapping the inputs to weights ``(n, t + 1)``."""
 
     def prepare(self, inputs: FusionInputs) -> dict[str, torch.Tensor]:
-        """Fix the input-dependent shapes (offset table) from the training inputs; their tensors."""
+        """Fix the input-dependent shapes (context table) from the training inputs; their tensors."""
         self.t_, self.n_classes_ = inputs.t, inputs.n_classes
-        self.n_offsets_ = int(inputs.r.max()) + 1 if self.use_offset else 0
-        return tensors(inputs, self.n_offsets_)
+        self.n_context_ = int(max(inputs.r.max(), inputs.future.max())) + 1 if self.use_context else 0
+        return tensors(inputs, self.n_context_)
 
     def fit(self, inputs: FusionInputs) -> TrainedFusion:
         train = inputs.labelled()
@@ -229,19 +235,26 @@ class TrainedFusion(FusionMethod):
             )
         return self
 
+    def predict_proba(self, inputs: FusionInputs) -> np.ndarray:
+        y = super().predict_proba(inputs)
+        if self.smooth_ == 0.0:
+            return y
+        vanilla_share = self.weights(inputs)[:, -1:]
+        return y + vanilla_share * self.smooth_ * (1.0 / inputs.n_classes - inputs.p)
+
     def weights(self, inputs: FusionInputs) -> np.ndarray:
         if self.module_ is None:
             raise LanternError(f"fusion method {self.name!r} is not fitted")
-        if self.vanilla_only_:
-            return vanilla_weights(inputs)
         with torch.no_grad(), single_thread():
-            return self.module_(tensors(inputs, self.n_offsets_)).double().numpy()
+            learned = self.module_(tensors(inputs, self.n_context_)).double().numpy()
+        return self.shrink_ * learned + (1.0 - self.shrink_) * vanilla_weights(inputs)
 
     def config(self) -> dict[str, Any]:
         return {
             **super().config(),
-            "n_offsets": self.n_offsets_,
-            "vanilla_only": self.vanilla_only_,
+            "n_context": self.n_context_,
+            "shrink": self.shrink_,
+            "smooth": self.smooth_,
             "selection": self.selection_,
         }
 
@@ -253,8 +266,9 @@ class TrainedFusion(FusionMethod):
         super().save(directory)
 
     def _load_state(self, files: MethodFiles, config: dict[str, Any]) -> None:
-        self.n_offsets_ = int(config["n_offsets"])
-        self.vanilla_only_ = bool(config.get("vanilla_only", False))
+        self.n_context_ = int(config["n_context"])
+        self.shrink_ = float(config.get("shrink", 1.0))
+        self.smooth_ = float(config.get("smooth", 0.0))
         self.selection_ = dict(config.get("selection", {}))
         module = self.build(self.hidden, int(config["t"]), int(config["n_classes"]))
         module.load_state_dict(safetensors.torch.load(files.model.read_bytes()))
@@ -285,8 +299,14 @@ class AttentionWeighting(TrainedFusion):
             hidden,
             self.position_dim,
             include_vanilla=self.include_vanilla,
-            n_offsets=self.n_offsets_,
+            n_context=self.n_context_,
         )
+
+
+class UnguardedAttentionWeighting(AttentionWeighting):
+    """Lantern's attention without the vanilla guard: reported beside the guarded one."""
+
+    name = "attention-unguarded"
 
 
 class LLMOnlyAttentionWeighting(AttentionWeighting):
@@ -302,7 +322,7 @@ class GatedAttentionWeighting(TrainedFusion):
     name = "gated"
 
     def build(self, hidden: int, t: int, n_classes: int) -> nn.Module:
-        return GatedScorer(n_classes, t, hidden, self.position_dim, n_offsets=self.n_offsets_)
+        return GatedScorer(n_classes, t, hidden, self.position_dim, n_context=self.n_context_)
 
 
 METHODS: dict[str, type[FusionMethod]] = {
@@ -314,6 +334,7 @@ METHODS: dict[str, type[FusionMethod]] = {
         PositionWeighting,
         GatedAttentionWeighting,
         AttentionWeighting,
+        UnguardedAttentionWeighting,
         LLMOnlyAttentionWeighting,
     )
 }

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS answers (
     text TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    served_model TEXT
+    served_model TEXT,
+    logprobs TEXT
 )
 """
 
@@ -48,13 +49,15 @@ def cache_key(model: str, messages: list[dict], params: dict[str, Any], template
 
 @dataclass(frozen=True)
 class CachedAnswer:
-    """A stored answer: the raw response text, the usage it cost when it was first asked, and the
-    model name the server reported (a simulation server says "simulated-llm"; runs must say so)."""
+    """A stored answer: the raw response text, the usage it cost when it was first asked, the
+    model name the server reported (a simulation server says "simulated-llm"; runs must say so),
+    and the per-token log-probabilities when the answer format reads them."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     served_model: str | None = None
+    logprobs: list[dict] | None = None
 
 
 class ResponseCache:
@@ -73,22 +76,33 @@ class ResponseCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
+        if "logprobs" not in columns:  # a cache written before answers carried log-probabilities
+            self._db.execute("ALTER TABLE answers ADD COLUMN logprobs TEXT")
 
     def get(self, key: str) -> CachedAnswer | None:
         if self.refresh:
             return None
         row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens, served_model FROM answers WHERE key = ?", (key,)
+            "SELECT text, prompt_tokens, completion_tokens, served_model, logprobs "
+            "FROM answers WHERE key = ?",
+            (key,),
         ).fetchone()
         if row is None:
             return None
-        return CachedAnswer(text=row[0], prompt_tokens=row[1], completion_tokens=row[2], served_model=row[3])
+        return CachedAnswer(
+            text=row[0],
+            prompt_tokens=row[1],
+            completion_tokens=row[2],
+            served_model=row[3],
+            logprobs=None if row[4] is None else json.loads(row[4]),
+        )
 
     def put(self, key: str, model: str, template_version: str, answer: CachedAnswer) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO answers "
-            "(key, model, template, text, prompt_tokens, completion_tokens, served_model) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "(key, model, template, text, prompt_tokens, completion_tokens, served_model, logprobs) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 model,
@@ -97,6 +111,7 @@ class ResponseCache:
                 answer.prompt_tokens,
                 answer.completion_tokens,
                 answer.served_model,
+                None if answer.logprobs is None else json.dumps(answer.logprobs),
             ),
         )
 

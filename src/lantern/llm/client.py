@@ -141,14 +141,16 @@ class _TokenBucket:
 
 @dataclass
 class Completion:
-    """One answered request: the message text, its usage (0 when the server reports none) and the
-    model name the server reported answering with."""
+    """One answered request: the message text, its usage (0 when the server reports none), the
+    model name the server reported answering with, and the per-token log-probabilities when they
+    were asked for (OpenAI's ``choices[0].logprobs.content`` as plain dicts)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     replica: int
     served_model: str | None = None
+    logprobs: list[dict] | None = None
 
 
 @dataclass
@@ -327,7 +329,23 @@ class LLMClient:
         self.stats.completion_tokens += completion_tokens
         text = response.choices[0].message.content if response.choices else None
         served = getattr(response, "model", None)
-        return Completion(text or "", prompt_tokens, completion_tokens, replica, served), None, None
+        logprobs = _token_logprobs(response)
+        completion = Completion(text or "", prompt_tokens, completion_tokens, replica, served, logprobs)
+        return completion, None, None
+
+
+def _token_logprobs(response: ChatCompletion) -> list[dict] | None:
+    """The first choice's per-token log-probabilities as plain dicts, or None when absent."""
+    choice = response.choices[0] if response.choices else None
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return [
+        item.model_dump(exclude={"bytes": True, "top_logprobs": {"__all__": {"bytes"}}})
+        if hasattr(item, "model_dump")
+        else dict(item)
+        for item in content
+    ]
 
 
 def _retry_after(headers: Any) -> float | None:

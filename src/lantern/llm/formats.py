@@ -1,15 +1,22 @@
-"""How the LLM is asked to answer one field, and how its answer is read.
+"""How the LLM is asked to answer one field, and how its answer is read (``answer_format``).
 
-The LLM's answer to one field is a JSON object in a compact form that keeps the answer short
-(10-12 tokens per utterance with a 6-class label set in SmolLM2's tokenizer, which splits every
-digit; a string of integer percentages costs about 20): each utterance index maps to a string of
-one digit per class, in class order, from 0 (impossible) to 9 (certain), read as relative weights::
+Three forms, an experiment axis (METHOD.md §3), each asking for every utterance of the field by its
+index and each read into one distribution per utterance:
 
-    {"4": "106003", "5": "000900"}
+- ``probs``: adjusted probabilities, the paper's form: ``{"4": {"hap": 10, "sad": 0, ...}, ...}``
+  (percentages or decimals, renormalised);
+- ``logprobs``: one class name per utterance, ``{"4": "neu", ...}``; the distribution is read from
+  the server's ``top_logprobs`` at each label's first token (OpenAI, vLLM and llama.cpp return
+  them), so the answer is short and its confidence is the model's own;
+- ``digits``: one digit 0-9 per class, ``{"4": "106003"}``, read as relative weights: compact for
+  tiny local models whose tokenizers split every digit, but it quantises (a class under 1/18 of the
+  top becomes 0, confident answers become one-hot).
 
-:func:`answer_schema` and :func:`response_format` ask a server to enforce that shape;
-:func:`parse_answer` reads it tolerantly (and other forms a model may fall back to), never
-raising on a bad utterance: it reports a reason per utterance so the stage can fall back there.
+:class:`AnswerFormat` gives, per form, the JSON schema a server is asked to enforce
+(:func:`response_format`), the extra request parameters, the room to leave for the answer, and
+the reader; :func:`parse_answer` reads every numeric form tolerantly (and other forms a model may
+fall back to), never raising on a bad utterance: it reports a reason per utterance so the stage
+can fall back there.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from lantern.errors import LanternError
-from lantern.llm.prompt import CLASS_GLOSS
+from lantern.llm.prompt import ANSWER_FORMATS, CLASS_GLOSS
 
 MODES = ("json_schema", "json_object_schema", "json_object", "none")
 # How each kind of server is asked for structured output. llama.cpp's servers (llama-server before
@@ -56,13 +63,8 @@ class ParsedAnswer:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-def answer_schema(
-    indices: list[int], classes: list[str] | tuple[str, ...], *, with_pattern: bool = True
-) -> dict:
-    """JSON schema of the compact answer: every index a required key, each a string of one digit per class."""
-    value: dict = {"type": "string"}
-    if with_pattern:
-        value["pattern"] = f"^[0-9]{{{len(classes)}}}$"
+def _object_of(indices: list[int], value: dict) -> dict:
+    """A schema for ``{"<index>": value, ...}`` with every index required and nothing else."""
     keys = [str(i) for i in indices]
     return {
         "type": "object",
@@ -70,6 +72,186 @@ def answer_schema(
         "required": keys,
         "additionalProperties": False,
     }
+
+
+class AnswerFormat:
+    """One way of asking for and reading a field's answer (see the module docstring)."""
+
+    name: str = ""
+    slack = 32  # tokens of room beyond the answer's own length
+
+    def schema(self, indices: list[int], classes: list[str] | tuple[str, ...]) -> dict:
+        raise NotImplementedError
+
+    def request_params(self) -> dict:
+        """Sampling parameters this form needs beyond temperature and max_tokens."""
+        return {}
+
+    def max_tokens(self, n_utterances: int, n_classes: int) -> int:
+        """Room for the answer of a field of ``n_utterances``."""
+        raise NotImplementedError
+
+    def parse(
+        self, text: str, logprobs: list[dict] | None, indices: list[int], classes: list[str] | tuple[str, ...]
+    ) -> ParsedAnswer:
+        """Read the answer ``text`` (and, when asked for, the per-token log-probabilities: OpenAI's
+        ``choices[0].logprobs.content``, dicts with ``token``, ``logprob`` and ``top_logprobs``)."""
+        return parse_answer(text, indices, classes)
+
+    def render(self, probs: dict[int, list[float]], classes: list[str] | tuple[str, ...]) -> str:
+        """An answer in this form carrying ``probs`` (what a model that believed them would write)."""
+        raise NotImplementedError
+
+
+class DigitsFormat(AnswerFormat):
+    """``"index": "digits",`` is about 6 + C tokens per utterance."""
+
+    name = "digits"
+
+    def max_tokens(self, n_utterances: int, n_classes: int) -> int:
+        return n_utterances * (6 + n_classes) + self.slack
+
+    def schema(self, indices: list[int], classes: list[str] | tuple[str, ...]) -> dict:
+        return _object_of(indices, {"type": "string", "pattern": f"^[0-9]{{{len(classes)}}}$"})
+
+    def render(self, probs: dict[int, list[float]], classes: list[str] | tuple[str, ...]) -> str:
+        return compact_answer(probs)
+
+
+class ProbsFormat(AnswerFormat):
+    """Integer percentages per class name: ``"hap": 12`` costs about four tokens per class."""
+
+    name = "probs"
+
+    def max_tokens(self, n_utterances: int, n_classes: int) -> int:
+        return n_utterances * (6 + 5 * n_classes) + self.slack
+
+    def schema(self, indices: list[int], classes: list[str] | tuple[str, ...]) -> dict:
+        value = {
+            "type": "object",
+            "properties": {c: {"type": "integer", "minimum": 0, "maximum": 100} for c in classes},
+            "required": list(classes),
+            "additionalProperties": False,
+        }
+        return _object_of(indices, value)
+
+    def render(self, probs: dict[int, list[float]], classes: list[str] | tuple[str, ...]) -> str:
+        out = {}
+        for index, p in probs.items():
+            total = sum(p) or 1.0
+            out[str(index)] = {c: round(100 * x / total) for c, x in zip(classes, p, strict=True)}
+        return json.dumps(out, separators=(",", ":"))
+
+
+class LogprobsFormat(AnswerFormat):
+    """One class name per utterance; the distribution comes from ``top_logprobs`` at the label."""
+
+    name = "logprobs"
+    top_logprobs = 20  # OpenAI's maximum
+
+    def max_tokens(self, n_utterances: int, n_classes: int) -> int:
+        return n_utterances * 10 + self.slack
+
+    def schema(self, indices: list[int], classes: list[str] | tuple[str, ...]) -> dict:
+        return _object_of(indices, {"type": "string", "enum": list(classes)})
+
+    def request_params(self) -> dict:
+        return {"logprobs": True, "top_logprobs": self.top_logprobs}
+
+    def parse(
+        self, text: str, logprobs: list[dict] | None, indices: list[int], classes: list[str] | tuple[str, ...]
+    ) -> ParsedAnswer:
+        parsed = parse_answer(text, indices, classes)
+        if not logprobs:
+            # A server that returns no log-probabilities leaves only the chosen labels: one-hot
+            # answers would fake certainty, so they fall back (and the stats say why).
+            return ParsedAnswer(errors={i: parsed.errors.get(i, "no logprobs") for i in indices})
+        spans = _label_spans(text, indices)
+        result = ParsedAnswer(errors=dict(parsed.errors))
+        for i in indices:
+            if i in result.errors:
+                continue
+            probs = _label_distribution(logprobs, spans.get(i), classes)
+            if probs is None:
+                result.errors[i] = "no logprobs at label"
+            else:
+                result.probs[i] = probs
+        return result
+
+    def render(self, probs: dict[int, list[float]], classes: list[str] | tuple[str, ...]) -> str:
+        labels = {str(i): classes[max(range(len(p)), key=p.__getitem__)] for i, p in probs.items()}
+        return json.dumps(labels, separators=(",", ":"))
+
+
+def answer_format(name: str) -> AnswerFormat:
+    """The :class:`AnswerFormat` called ``name``; LanternError naming the known ones otherwise."""
+    formats: dict[str, type[AnswerFormat]] = {
+        "probs": ProbsFormat,
+        "logprobs": LogprobsFormat,
+        "digits": DigitsFormat,
+    }
+    if name not in formats:
+        raise LanternError(f"unknown answer format {name!r}; known: {', '.join(ANSWER_FORMATS)}")
+    return formats[name]()
+
+
+def _label_spans(text: str, indices: list[int]) -> dict[int, int]:
+    """Character offset in ``text`` of the first character of each index's string value."""
+    spans: dict[int, int] = {}
+    for i in indices:
+        m = re.search(rf'"\s*{i}\s*"\s*:\s*"', text)
+        if m is not None:
+            spans[i] = m.end()
+    return spans
+
+
+def _label_distribution(
+    logprobs: list[dict], offset: int | None, classes: list[str] | tuple[str, ...]
+) -> list[float] | None:
+    """The distribution over classes at the token holding character ``offset`` of the answer text.
+
+    Each candidate token in ``top_logprobs`` there is read as the start of a label: the characters it
+    adds past the value's opening are matched against the class names (and their glosses); a token
+    that starts several names shares its probability between them. Candidates that start no name
+    (another quote, a space) are dropped and the rest renormalised.
+    """
+    if offset is None:
+        return None
+    position = 0
+    for item in logprobs:
+        token = str(item.get("token", ""))
+        end = position + len(token)
+        if end > offset:
+            lead = offset - position  # characters of this token before the label starts
+            names = _label_names(classes)
+            mass = [0.0] * len(classes)
+            for candidate in item.get("top_logprobs") or []:
+                text = str(candidate.get("token", ""))
+                logprob = candidate.get("logprob")
+                if not isinstance(logprob, int | float) or not math.isfinite(logprob) or len(text) <= lead:
+                    continue
+                start = text[lead:].lower()
+                matches = {
+                    j
+                    for j, options in names.items()
+                    for n in options
+                    if n.startswith(start) or start.startswith(n)
+                }
+                for j in matches:
+                    mass[j] += math.exp(logprob) / len(matches)
+            total = math.fsum(mass)
+            return [m / total for m in mass] if total > 0 else None
+        position = end
+    return None
+
+
+def _label_names(classes: list[str] | tuple[str, ...]) -> dict[int, list[str]]:
+    """Per class index, the lower-case names a label may be written as (name and gloss)."""
+    out: dict[int, list[str]] = {}
+    for j, c in enumerate(classes):
+        gloss = CLASS_GLOSS.get(c.lower())
+        out[j] = [c.lower()] + ([gloss] if gloss else [])
+    return out
 
 
 def response_format(mode: str, schema: dict, *, name: str = SCHEMA_NAME) -> dict | None:
@@ -128,8 +310,7 @@ def parse_answer(
         raise AnswerError(f"answer is {type(text).__name__}, not text")
     if len(text) > limit:
         raise AnswerError(f"oversized answer: {len(text)} characters (limit {limit})")
-    obj = _find_object(text)
-    obj = _unwrap(obj, indices)
+    obj = _find_object(text, indices)
     by_index: dict[int, object] = {}
     for key, value in obj.items():
         stripped = key.strip()
@@ -148,7 +329,10 @@ def parse_answer(
     return result
 
 
-def _find_object(text: str) -> dict:
+def _find_object(text: str, indices: list[int]) -> dict:
+    """The first JSON object in ``text`` that answers for some of ``indices`` (directly, or inside one
+    wrapping object such as ``{"answer": {...}}``); the distributions nested in a truncated answer
+    are not taken for the answer."""
     decoder = json.JSONDecoder()
     stripped = text.strip()
     if stripped and stripped[0] in '["0123456789-tfn':
@@ -158,6 +342,7 @@ def _find_object(text: str) -> dict:
             whole = None
         if whole is not None and not isinstance(whole, dict):
             raise AnswerError(f"answer is a JSON {type(whole).__name__}, not an object")
+    wanted = {str(i) for i in indices}
     start = text.find("{")
     for _ in range(_MAX_OBJECT_TRIES):
         if start < 0:
@@ -167,7 +352,10 @@ def _find_object(text: str) -> dict:
         except (ValueError, RecursionError):
             start = text.find("{", start + 1)
             continue
-        return obj
+        obj = _unwrap(obj, indices)
+        if any(str(k).strip() in wanted for k in obj):
+            return obj
+        start = text.find("{", start + 1)
     raise AnswerError("no JSON object found in the answer")
 
 
@@ -201,6 +389,10 @@ def _from_string(value: str, classes: list[str] | tuple[str, ...]) -> tuple[list
     n = len(classes)
     if len(value) == n and value.isdigit() and value.isascii():
         return [int(c) for c in value], None
+    label = value.lower()
+    named = [j for j, options in _label_names(classes).items() if label in options]
+    if named:
+        return [1 if j == named[0] else 0 for j in range(n)], None
     tokens = [token for token in _SEPARATORS.split(value) if token]
     if tokens and all(_NUMBER_TOKEN.match(token) for token in tokens):
         return _from_list([_NUMBER_TOKEN.match(token).group(1) for token in tokens], n)

@@ -27,7 +27,10 @@ from pathlib import Path
 from lantern.errors import LanternError
 from lantern.labels import LabelSet
 
-DEFAULT_TEMPLATE = "erc-v1"
+DEFAULT_TEMPLATE = "erc-v2"
+# How the LLM answers (lantern.llm.formats); the default is chosen by measurement (README, "Answer formats").
+ANSWER_FORMATS = ("probs", "logprobs", "digits")
+DEFAULT_ANSWER_FORMAT = "probs"
 
 # Full words for the abbreviated IEMOCAP class names, so that the LLM reads "fru" as "frustrated".
 CLASS_GLOSS = {
@@ -54,14 +57,23 @@ _UNSAFE = re.compile(
 
 @dataclass
 class PromptOptions:
-    """What goes into a prompt: the references shown (ablations) and the template variant.
+    """What goes into a prompt: the references shown (ablations), the template variant and the
+    answer format asked for.
 
-    ``template`` is a packaged template name (``erc-v1``) or the path of a template file.
+    ``template`` is a packaged template name (``erc-v2``) or the path of a template file; a template
+    holds one ``[[answer:NAME]]`` block per answer format it supports.
     """
 
     include_probs: bool = True
     include_vad: bool = True
     template: str = DEFAULT_TEMPLATE
+    answer_format: str = DEFAULT_ANSWER_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise LanternError(
+                f"unknown answer format {self.answer_format!r}; known: {', '.join(ANSWER_FORMATS)}"
+            )
 
 
 @dataclass
@@ -117,11 +129,11 @@ def _parse_template(name: str, text: str) -> Template:
 
 
 def template_version(options: PromptOptions) -> str:
-    """Template name, hash of its text, and the ablations, e.g. ``erc-v1@3f2a9c1d0b7e-novad``."""
+    """Template name, hash of its text, answer format, ablations: ``erc-v2@3f2a9c1d0b7e-probs-novad``."""
     template = load_template(options.template)
     digest = hashlib.sha256(template.text.encode("utf-8")).hexdigest()[:12]
     suffix = ("" if options.include_probs else "-noprobs") + ("" if options.include_vad else "-novad")
-    return f"{template.name}@{digest}{suffix}"
+    return f"{template.name}@{digest}-{options.answer_format}{suffix}"
 
 
 def quote(text: str) -> str:
@@ -181,11 +193,12 @@ def _check_field(
             raise LanternError(f"{where}, utterance {u.id}: VAD must be 3 finite numbers")
 
 
-def _drop_blocks(text: str, keep: dict[str, bool]) -> str:
+def _drop_blocks(text: str, keep: dict[str, bool], answer_format: str) -> str:
     for block in _BLOCKS:
         pattern = re.compile(rf"\[\[{block}\]\](.*?)\[\[/{block}\]\]", re.DOTALL)
         text = pattern.sub((lambda m: m.group(1)) if keep[block] else "", text)
-    return text
+    answers = re.compile(r"\[\[answer:([a-z]+)\]\](.*?)\[\[/answer:\1\]\]", re.DOTALL)
+    return answers.sub(lambda m: m.group(2) if m.group(1) == answer_format else "", text)
 
 
 def dialogue_alias(dialogue_id: str) -> str:
@@ -228,7 +241,7 @@ def build_messages(
     messages = []
     for role, body in (("system", template.system), ("user", template.user)):
         try:
-            content = string.Template(_drop_blocks(body, keep)).substitute(values)
+            content = string.Template(_drop_blocks(body, keep, options.answer_format)).substitute(values)
         except (KeyError, ValueError) as exc:
             raise LanternError(f"prompt template {template.name!r}: bad placeholder ({exc})") from exc
         messages.append({"role": role, "content": content})

@@ -47,9 +47,9 @@ from lantern.llm.endpoint import endpoint, resolve_api_key
 from lantern.llm.formats import (
     DEFAULT_MODE,
     AnswerError,
+    AnswerFormat,
     ParsedAnswer,
-    answer_schema,
-    parse_answer,
+    answer_format,
     response_format,
 )
 from lantern.llm.prompt import FieldUtterance, build_messages, template_version
@@ -58,7 +58,6 @@ from lantern.rundir import LLMSettings, LLMStats, RunDir, SplitStats, file_hash,
 
 log = logging.getLogger(__name__)
 
-ANSWER_SLACK_TOKENS = 32
 _PARTICULARS = re.compile(r"[:(\"'0-9]")
 
 
@@ -82,11 +81,6 @@ class PlannedField(NamedTuple):
     dialogue: str
     field: ReceptiveField
     key: str
-
-
-def max_answer_tokens(n_utterances: int, n_classes: int) -> int:
-    """Room for the answer: ``"index": "digits",`` is about 6 + C tokens per utterance, plus slack."""
-    return n_utterances * (6 + n_classes) + ANSWER_SLACK_TOKENS
 
 
 def prompt_predictions(run: RunDir, split: str) -> Path:
@@ -223,7 +217,7 @@ def _settings(run: RunDir, config: LLMConfig, ep: Endpoint, session: _Session) -
         t=config.fields.t,
         template=config.prompt.template,
         template_version=session.version,
-        answer_format="digits",
+        answer_format=config.prompt.answer_format,
         include_probs=config.prompt.include_probs,
         include_vad=config.prompt.include_vad,
     )
@@ -272,6 +266,7 @@ class _Session:
     def __post_init__(self) -> None:
         self.version = template_version(self.config.prompt)
         self.classes = list(self.labels.classes)
+        self.format: AnswerFormat = answer_format(self.config.prompt.answer_format)
 
     async def ask_split(
         self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
@@ -327,9 +322,10 @@ class _Session:
             messages = build_messages(dialogue_id, start, stop, utterances, self.labels, self.config.prompt)
             params: dict[str, Any] = {
                 "temperature": 0,
-                "max_tokens": max_answer_tokens(stop - start, len(self.classes)),
+                "max_tokens": self.format.max_tokens(stop - start, len(self.classes)),
+                **self.format.request_params(),
             }
-            fmt = response_format(self.mode, answer_schema(indices, self.classes))
+            fmt = response_format(self.mode, self.format.schema(indices, self.classes))
             if fmt is not None:
                 params["response_format"] = fmt
             key = cache_key(self.model, messages, params, self.version)
@@ -340,12 +336,22 @@ class _Session:
         plan.extend(sorted(planned, key=lambda p: p.field.k))
         return fresh
 
+    def parse(self, text: str, logprobs: list[dict] | None, indices: list[int]) -> ParsedAnswer:
+        """The answer format's reading with every reason reduced to its category; a wholly unusable
+        answer fails every index."""
+        try:
+            parsed = self.format.parse(text, logprobs, indices, self.classes)
+        except AnswerError as exc:
+            return ParsedAnswer(errors=dict.fromkeys(indices, reason_category(exc.reason)))
+        parsed.errors = {i: reason_category(e) for i, e in parsed.errors.items()}
+        return parsed
+
     async def ask(self, request: _Request) -> None:
         """Fill ``request.result`` (valid utterances) and ``request.reasons`` (the rest): never raises for
         a bad or missing answer, only for a fatal one (credentials)."""
         cached = self.cache.get(request.key)
         if cached is not None:
-            parsed = _parse(cached.text, request.indices, self.classes)
+            parsed = self.parse(cached.text, cached.logprobs, request.indices)
             if not parsed.errors:
                 self.cache_hits += 1
                 self.served_models[cached.served_model or self.model] += 1
@@ -364,7 +370,7 @@ class _Session:
                 log.warning("request failed: %s", exc)
                 _fail_all(request, f"request:{exc.reason}")
                 return
-            parsed = _parse(completion.text, request.indices, self.classes)
+            parsed = self.parse(completion.text, completion.logprobs, request.indices)
             if not parsed.errors:
                 self.cache.put(
                     request.key,
@@ -375,6 +381,7 @@ class _Session:
                         completion.prompt_tokens,
                         completion.completion_tokens,
                         completion.served_model,
+                        completion.logprobs,
                     ),
                 )
                 self.served_models[completion.served_model or self.model] += 1
@@ -396,16 +403,6 @@ def _fail_all(request: _Request, reason: str) -> None:
     request.result = {}
     request.reasons = dict.fromkeys(request.indices, reason)
     request.failed = True
-
-
-def _parse(text: str, indices: list[int], classes: list[str]) -> ParsedAnswer:
-    """parse_answer with every reason reduced to its category; a wholly unusable answer fails every index."""
-    try:
-        parsed = parse_answer(text, indices, classes)
-    except AnswerError as exc:
-        return ParsedAnswer(errors=dict.fromkeys(indices, reason_category(exc.reason)))
-    parsed.errors = {i: reason_category(e) for i, e in parsed.errors.items()}
-    return parsed
 
 
 def reason_category(message: str) -> str:

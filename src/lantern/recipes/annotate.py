@@ -30,11 +30,16 @@ from lantern.rundir import LLMSettings, RunDir, atomic_write_text
 SPLIT = "test"
 
 
-def _input_corpus(path: Path, labels: LabelSet) -> Corpus:
-    """The input dialogues as a corpus in the run's label set (labels, when given, are checked)."""
+def _input_corpus(path: Path, labels: LabelSet, text_source: str | None, progress: bool) -> Corpus:
+    """The input dialogues as a corpus in the run's label set (labels, when given, are checked),
+    their text embedded by the encoder that made the run's training text features."""
     from lantern.corpus.jsonl import read_jsonl
+    from lantern.corpus.text_features import MINILM, text_encoder
 
-    corpus = read_jsonl(path, labels=None, default_split=SPLIT, text_features=True)
+    encoder = text_encoder(text_source or MINILM)
+    corpus = read_jsonl(
+        path, labels=None, default_split=SPLIT, text_features=True, text_encoder=encoder, progress=progress
+    )
     for d in corpus.dialogues:
         d.split = SPLIT
         for u in d.utterances:
@@ -59,7 +64,7 @@ def annotate(
     ``endpoint`` names another LLM (the fields and prompt stay the run's); by default the embedded
     local model answers. Returns counts: dialogues, utterances, fallbacks.
     """
-    from lantern.corpus.native import corpus_fingerprint, save_corpus
+    from lantern.corpus.native import corpus_fingerprint, load_corpus, save_corpus
     from lantern.fusion import FusionMethod, build_inputs
     from lantern.llm.stage import run_llm_stage
     from lantern.training import load_checkpoint, predict
@@ -72,13 +77,14 @@ def annotate(
     fusion = FusionMethod.load(files.dir)
     model, meta = load_checkpoint(seed_run.vanilla.dir)
     input_path = Path(input_path)
-    corpus = _input_corpus(input_path, meta.labels)
+    training_corpus = load_corpus(seed_run.corpus_path())
+    corpus = _input_corpus(input_path, meta.labels, training_corpus.feature_sources.get("t"), progress)
     missing = sorted(set(meta.modalities) - set(corpus.modalities))
     if missing or any(corpus.modalities[m] != w for m, w in meta.modalities.items()):
         raise LanternError(
             f"{input_path}: the run's model reads modalities {meta.modalities}, transcripts give "
-            f"{corpus.modalities}; annotate needs a text-only model trained on MiniLM text features "
-            "(a corpus made with --text-features minilm, trained with --modalities t)"
+            f"{corpus.modalities}; annotate needs a text-only model trained on computed text features "
+            "(a corpus made with --text-features minilm or st:MODEL, trained with --modalities t)"
         )
     digest = hashlib.sha256(input_path.read_bytes()).hexdigest()[:10]
     work = seed_run.annotation(f"{input_path.stem}-{digest}")

@@ -34,6 +34,7 @@ class CorpusSpec:
     format: str | None = None
     emoeval: str | None = None
     labels: str | None = None
+    target: str = "emotion"
     text_features: str | None = None
     dev_fraction: float = 0.1
     dialogues: int = 151

@@ -256,6 +256,7 @@ def build_corpus(spec: CorpusSpec) -> Corpus:
             labels=spec.labels,
             text_features=spec.text_features,
             dev_fraction=spec.dev_fraction,
+            target=spec.target,
         )[0]
     raise LanternError(f"corpus.kind must be 'example', 'convert' or 'native', got {spec.kind!r}")
 

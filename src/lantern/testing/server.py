@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import selectors
 import socket
 import subprocess
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from lantern.llm.client import estimate_tokens
-from lantern.llm.formats import compact_answer
+from lantern.llm.formats import answer_format
+from lantern.llm.prompt import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT
 from lantern.rundir import SIMULATED_MODEL
 from lantern.testing.prompt_reader import PromptField, read_field
 from lantern.testing.simulation import CONTEXT_SIDES, MODES, Simulation, echo
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "lantern-test-llm"
 KINDS = ("openai", "llamacpp")
-ANSWER_FORMS = ("digits", "percent")
 # Transport faults replace the response; answer faults corrupt an otherwise normal answer.
 TRANSPORT_FAULTS = ("429", "500", "timeout", "drop")
 ANSWER_FAULTS = (
@@ -72,7 +73,7 @@ class ServerConfig:
     kind: str = "openai"
     model: str = DEFAULT_MODEL
     latency: float = 0.0
-    answer_form: str = "digits"
+    answer_form: str = DEFAULT_ANSWER_FORMAT
     api_key: str | None = None
     idle_exit: float = 600.0
     simulation: Simulation | None = None
@@ -136,20 +137,55 @@ def parse_faults(payload: object) -> list[dict]:
     return out
 
 
-def _render(probs: dict[int, list[float]], form: str) -> str:
-    if form == "digits":
-        return compact_answer(probs)
-    total = {i: (sum(p) or 1.0) for i, p in probs.items()}
-    return json.dumps({str(i): " ".join(str(round(100 * x / total[i])) for x in p) for i, p in probs.items()})
+def requested_format(body: dict, default: str) -> str:
+    """The answer format a request asks for: read from its schema's value shape (an enum of class
+    names, a digit pattern, an object of classes) or its ``logprobs`` flag; ``default`` otherwise."""
+    fmt = body.get("response_format")
+    schema = None
+    if isinstance(fmt, dict):
+        schema = fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")
+    values = list((schema or {}).get("properties", {}).values()) if isinstance(schema, dict) else []
+    if values and isinstance(values[0], dict):
+        if "enum" in values[0]:
+            return "logprobs"
+        if "pattern" in values[0]:
+            return "digits"
+        if values[0].get("type") == "object":
+            return "probs"
+    if body.get("logprobs") is True:
+        return "logprobs"
+    return default
 
 
-def _corrupt(fault: dict, probs: dict[int, list[float]], field: PromptField, form: str) -> tuple[str, str]:
+def token_logprobs(content: str, probs: dict[int, list[float]], classes: list[str], top: int) -> list[dict]:
+    """OpenAI-style ``logprobs.content`` for a logprobs-format answer: structure characters are
+    tokens of their own (certain), and each label is one token whose ``top_logprobs`` hold the
+    simulated distribution over the class names."""
+    tokens: list[dict] = []
+    position = 0
+    for match in re.finditer(r'"(\d+)"\s*:\s*"([^"]*)"', content):
+        for ch in content[position : match.start(2)]:
+            tokens.append({"token": ch, "logprob": 0.0, "top_logprobs": [{"token": ch, "logprob": 0.0}]})
+        p = probs[int(match.group(1))]
+        total = sum(p) or 1.0
+        ranked = sorted(range(len(classes)), key=lambda j: -p[j])[:top]
+        candidates = [{"token": classes[j], "logprob": math.log(max(p[j] / total, 1e-12))} for j in ranked]
+        tokens.append(
+            {"token": match.group(2), "logprob": candidates[0]["logprob"], "top_logprobs": candidates}
+        )
+        position = match.end(2)
+    for ch in content[position:]:
+        tokens.append({"token": ch, "logprob": 0.0, "top_logprobs": [{"token": ch, "logprob": 0.0}]})
+    return tokens
+
+
+def _corrupt(fault: dict, content: str, field: PromptField) -> tuple[str, str]:
     """An answer spoiled the way ``fault`` says; returns (content, finish_reason)."""
     kind = fault["kind"]
     n_classes = len(field.classes)
     first = field.utterances[0].index
     target = int(fault.get("index", first))
-    obj: dict[str, object] = json.loads(_render(probs, form))
+    obj: dict[str, object] = json.loads(content)
     if kind == "non_json":
         return "I'm sorry, but I can't assign emotions to this conversation.", "stop"
     if kind == "missing_utterance":
@@ -390,10 +426,14 @@ class _Handler(BaseHTTPRequestHandler):
             probs = config.simulation.answer(field)
         else:
             probs = {u.index: echo(u.probs, n_classes) for u in field.utterances}
+        form = requested_format(body, config.answer_form)
+        content, finish = answer_format(form).render(probs, field.classes), "stop"
         if fault is not None and fault["kind"] in ANSWER_FAULTS:
-            content, finish = _corrupt(fault, probs, field, config.answer_form)
-        else:
-            content, finish = _render(probs, config.answer_form), "stop"
+            content, finish = _corrupt(fault, content, field)
+        logprobs = None
+        if body.get("logprobs") is True and form == "logprobs" and finish == "stop":
+            top = body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else 1
+            logprobs = {"content": token_logprobs(content, probs, field.classes, max(top, 1))}
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if isinstance(max_tokens, int) and max_tokens > 0 and len(content) > 4 * max_tokens:
             content, finish = content[: 4 * max_tokens], "length"
@@ -414,7 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
                     "finish_reason": finish,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             ],
             "usage": {
@@ -445,9 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
     p.add_argument(
         "--answer-form",
-        choices=ANSWER_FORMS,
-        default="digits",
-        help="digits: the compact form the prompt asks for; percent: integer percentages",
+        choices=ANSWER_FORMATS,
+        default=DEFAULT_ANSWER_FORMAT,
+        help="the answer format when a request's schema does not say (default %(default)s)",
     )
     p.add_argument("--api-key", default=None, help="require this bearer token")
     p.add_argument("--idle-exit", type=float, default=600.0, help="exit after this many idle seconds")
