@@ -354,3 +354,28 @@ def test_refused_credentials_stop_the_stage_without_writing_answers(tmp_path, mo
         # Those in flight (concurrency 4) and at most one that took a freed slot; none retried, no more sent.
         assert chats(url) <= 5
     assert not (run / "llm" / "answers-test.jsonl").exists()
+
+
+@pytest.mark.parametrize("fault", ["html", "truncated_body", "no_choices", "bad_usage"])
+def test_an_unreadable_200_fails_only_its_own_request(tmp_path, fresh, fault):
+    run = make_run(tmp_path, [("test", 20)])  # 7 distinct fields
+    inject_faults(fresh, [fault])
+    stats = run_llm_stage(run, config(fresh, max_retries=0, concurrency=4), ["test"], progress=False)
+    reason = "bad_usage" if fault == "bad_usage" else "bad_response"
+    assert stats.transport_errors == {reason: 1} and stats.requests_unanswered == 1
+    assert set(stats.fallbacks) == {f"request:{reason}"} and not stats.complete
+    assert stats.requests_sent == chats(fresh) == 7  # nothing in flight was cancelled
+    again = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    assert again.complete and again.requests_sent == 1 and again.cache_hits == 6
+
+
+def test_without_usage_tokens_are_estimated_flagged_and_max_cost_holds(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
+    inject_faults(fresh, [{"kind": "no_usage", "count": 100}])
+    prices = {"test-model": [100.0, 100.0]}
+    stats = run_llm_stage(
+        run, config(fresh, prices=prices, max_cost=0.5, concurrency=1), ["test"], progress=False
+    )
+    assert stats.tokens_estimated and stats.prompt_tokens > 0 and stats.completion_tokens > 0
+    assert 0 < stats.cost_usd <= 0.5 and stats.fallbacks["budget"] > 0
+    assert stats.requests_sent == chats(fresh) < 7

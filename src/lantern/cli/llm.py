@@ -49,7 +49,8 @@ def _prompt(args: argparse.Namespace) -> int:
         f"({stats.unique_requests} distinct requests), {stats.requests_sent} sent, "
         f"{stats.cache_hits} from cache, {stats.retries} retries, "
         f"fallback rate {stats.fallback_rate:.1%}, "
-        f"{stats.prompt_tokens}+{stats.completion_tokens} tokens, "
+        f"{stats.prompt_tokens}+{stats.completion_tokens} tokens"
+        f"{' (partly estimated: the server reported no usage)' if stats.tokens_estimated else ''}, "
         f"${stats.cost_usd:.4f}, {stats.wall_seconds:.1f}s"
     )
     if not stats.complete:

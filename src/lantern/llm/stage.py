@@ -205,6 +205,7 @@ async def _run(
     stats.transport_errors = dict(sorted(client.stats.errors.items()))
     stats.prompt_tokens = client.stats.prompt_tokens
     stats.completion_tokens = client.stats.completion_tokens
+    stats.tokens_estimated = client.stats.tokens_estimated > 0
     stats.cost_usd = round(client.stats.cost_usd, 6)
     stats.wall_seconds = round(time.monotonic() - started, 3)
     write_json(run.llm.settings, settings.to_json())
