@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lantern.evaluation import METRICS, VANILLA, evaluate_run
+from lantern.llm.redact import scrub
 from lantern.rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json
 
 _SECRET_KEY = re.compile(
@@ -44,13 +45,14 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 
 
 def redact(obj: Any) -> Any:
-    """A copy of a JSON-able object with secret-looking keys' values (API keys, tokens) replaced."""
+    """A copy of a JSON-able object with secret-looking keys' values (API keys, tokens) replaced and
+    every URL in a string made public (run.json files written by older versions may hold credentials)."""
     if isinstance(obj, dict):
         return {k: _REDACTED if _SECRET_KEY.search(str(k)) and v else redact(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
-    if isinstance(obj, str) and obj.startswith("sk-"):
-        return _REDACTED
+    if isinstance(obj, str):
+        return _REDACTED if obj.startswith("sk-") else scrub(obj)
     return obj
 
 
