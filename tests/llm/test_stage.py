@@ -379,3 +379,16 @@ def test_without_usage_tokens_are_estimated_flagged_and_max_cost_holds(tmp_path,
     assert stats.tokens_estimated and stats.prompt_tokens > 0 and stats.completion_tokens > 0
     assert 0 < stats.cost_usd <= 0.5 and stats.fallbacks["budget"] > 0
     assert stats.requests_sent == chats(fresh) < 7
+
+
+def test_a_damaged_cache_is_moved_aside_and_the_prompt_goes_on(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 9)])  # 5 distinct fields
+    cache = RunDir(run).llm.cache
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"SQLite format 3\x00" + os.urandom(8000))
+    done = subprocess.run(_cli(run, fresh), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Traceback" not in done.stderr and b"response cache is damaged" in done.stderr
+    (moved,) = cache.parent.glob("cache.sqlite.corrupt-*")
+    assert moved.name.encode() in done.stderr
+    assert LLMStats.read(RunDir(run).llm.stats).requests_sent == chats(fresh) == 5

@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_arguments(prompt)
     add_prompt_arguments(prompt)
     prompt.add_argument("--splits", default="dev,test", help="comma-separated splits (default dev,test)")
-    prompt.add_argument("--refresh", action="store_true", help="ignore cached answers (and overwrite them)")
+    prompt.add_argument(
+        "--refresh",
+        action="store_true",
+        help="start a fresh answer cache, asking everything again (the old one is kept beside it, "
+        "renamed cache.sqlite.refreshed-<time>)",
+    )
     prompt.add_argument("--no-progress", action="store_true", help="no progress bar")
     prompt.set_defaults(handler=_prompt)
 
