@@ -392,3 +392,41 @@ def test_a_damaged_cache_is_moved_aside_and_the_prompt_goes_on(tmp_path, fresh):
     (moved,) = cache.parent.glob("cache.sqlite.corrupt-*")
     assert moved.name.encode() in done.stderr
     assert LLMStats.read(RunDir(run).llm.stats).requests_sent == chats(fresh) == 5
+
+
+def test_a_second_prompt_on_the_same_run_is_refused_and_nothing_is_paid_twice(tmp_path):
+    run = make_run(tmp_path, [("test", 20)])  # 7 distinct fields
+    with running_test_server(latency=0.4) as url:
+        first = subprocess.Popen(
+            _cli(run, url, "--concurrency", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 30
+        while chats(url) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(_cli(run, url, "--concurrency", "1"), capture_output=True, timeout=60)
+        first.wait(timeout=60)
+        first_err = first.stderr.read().decode()
+        first.stderr.close()
+        assert first.returncode == 0, first_err
+        assert chats(url) == 7  # the second process sent nothing
+    assert second.returncode == 2
+    message = second.stderr.decode().strip()
+    assert f"pid {first.pid}" in message and "prompting the LLM" in message
+    assert message.count("\n") == 0 and "Traceback" not in message
+    # The lock went with its holder: the next run goes ahead (everything from the cache).
+    again = run_llm_stage(run, config(url), ["test"], progress=False)
+    assert again.cache_hits == 7 and again.requests_sent == 0
+
+
+def test_a_lock_left_by_a_killed_prompt_blocks_nobody(tmp_path):
+    run = make_run(tmp_path, [("test", 9)])
+    with running_test_server(latency=5) as url:
+        proc = subprocess.Popen(_cli(run, url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while chats(url) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert RunDir(run).llm.lock.exists()
+    with running_test_server() as url:
+        assert run_llm_stage(run, config(url), ["test"], progress=False).complete

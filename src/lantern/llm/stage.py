@@ -55,6 +55,7 @@ from lantern.llm.formats import (
 from lantern.llm.prompt import FieldUtterance, build_messages, template_version
 from lantern.predictions import Prediction, read_predictions
 from lantern.rundir import LLMSettings, LLMStats, RunDir, SplitStats, file_hash, write_json
+from lantern.runlock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,11 @@ def run_llm_stage(
     run = RunDir(run_dir)
     sources = {split: prompt_predictions(run, split) for split in splits}
     corpus = load_run_corpus(run)
-    with endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved:
+    # One process at a time: a second one would send (and pay for) the same fields again.
+    with (
+        run_lock(run.llm.lock, "prompting the LLM"),
+        endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved,
+    ):
         return asyncio.run(_run(run, corpus, config, resolved, sources, progress))
 
 
