@@ -8,10 +8,15 @@ vanilla by a paired bootstrap over dialogues, per seed and pooled over seeds (a 
 brings its utterances from every seed, so the pooled interval covers the test-set sampling of the
 seed-averaged difference). Calibration (expected calibration error and a reliability table) is
 computed beside the scores for the report.
+
+The vanilla test predictions must cover exactly the test split of the corpus the run recorded in
+run.json (checked whenever that corpus is still where it was): a file that lost an utterance would
+otherwise shrink the test set without a word, and every score with it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,8 @@ from lantern.fusion.methods import METHODS
 from lantern.metrics import classification_report, paired_bootstrap
 from lantern.predictions import Prediction, read_predictions
 from lantern.rundir import LLMSettings, LLMStats, RunDir, write_json
+
+log = logging.getLogger(__name__)
 
 VANILLA = "vanilla"
 LANTERN = "attention"
@@ -110,6 +117,34 @@ def _aligned(vanilla: list[Prediction], other: list[Prediction], path: Path) -> 
     return np.array([by_id[p.id] for p in vanilla], dtype=np.float64)
 
 
+def check_test_coverage(run: RunDir, path: Path, predictions: list[Prediction]) -> None:
+    """Refuse test predictions that miss an utterance of the test split of the run's recorded corpus,
+    or hold one that is not in it; skipped (with a warning) when the corpus is no longer there."""
+    from lantern.corpus.native import CORPUS_JSON, load_corpus
+
+    record = run.load().get("corpus") if run.run_json.exists() else None
+    if not record:
+        return
+    corpus_path = Path(record["path"])
+    if not (corpus_path / CORPUS_JSON).is_file():
+        log.warning("%s: the run's corpus %s is gone; test coverage not checked", path, corpus_path)
+        return
+    expected = [u.id for d in load_corpus(corpus_path).split("test") for u in d.utterances]
+    have = {p.id for p in predictions}
+    missing = [uid for uid in expected if uid not in have]
+    if missing:
+        raise LanternError(
+            f"{path}: no prediction for test utterance {missing[0]!r} of the run's corpus {corpus_path} "
+            f"({len(missing)} of {len(expected)} missing); predict the test split again"
+        )
+    strangers = sorted(have - set(expected))
+    if strangers:
+        raise LanternError(
+            f"{path}: utterance {strangers[0]!r} is not in the test split of the run's corpus {corpus_path} "
+            f"({len(strangers)} such); predict the test split again"
+        )
+
+
 def _llm_summary(per_seed: dict[str, tuple[LLMSettings, LLMStats] | None]) -> dict[str, Any]:
     found = [s for s in per_seed.values() if s]
     if not found:
@@ -154,7 +189,9 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
         test_path = run.predictions("test")
         if not test_path.exists():
             raise FileNotFoundError(f"{test_path}: missing (train the vanilla model first)")
-        vanilla = [p for p in read_predictions(test_path) if p.label is not None]
+        everything = read_predictions(test_path)
+        check_test_coverage(run, test_path, everything)
+        vanilla = [p for p in everything if p.label is not None]
         if not vanilla:
             raise LanternError(f"{test_path}: no test utterance has a gold label")
         n_classes = len(vanilla[0].probs)
