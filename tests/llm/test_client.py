@@ -340,12 +340,17 @@ def test_negative_prices_are_refused():
 
 
 def test_a_slow_drip_is_cut_at_the_total_deadline(fresh):
-    inject_faults(fresh, [{"kind": "slow_drip", "interval": 0.05}])  # ~20 s for the body, no gap over 0.05 s
+    inject_faults(fresh, [{"kind": "slow_drip", "interval": 0.05, "count": 2}])  # ~20 s each, no gap > 0.05 s
     started = time.monotonic()
     (result,), client = complete(fresh, timeout=1.0, max_retries=0)
     assert isinstance(result, RequestFailed) and result.reason == "timeout"
     assert time.monotonic() - started < 3.0
     assert client.stats.errors == {"timeout": 1}
+    # With a retry: the attempt is cut off at the deadline, and the same client's next one is answered.
+    (result,), client = complete(fresh, timeout=1.0, max_retries=1, backoff_base=0.0)
+    assert isinstance(result, Completion) and client.stats.errors == {"timeout": 1}
+    assert client.stats.retries == 1
+    assert time.monotonic() - started < 6.0
 
 
 def test_retry_after_is_honoured_only_up_to_the_timeout(fresh):

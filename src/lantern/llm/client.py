@@ -361,6 +361,7 @@ class LLMClient:
                     actual = self._charge(outcome, prompt_estimate, max_tokens)
                     self.budget.settle(cost_estimate, actual)
                     self.stats.cost_usd += actual
+            assert outcome is not None  # _attempt returns one or raises
             if outcome.completion is not None:
                 return outcome.completion
             failure = outcome.failure
