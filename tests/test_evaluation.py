@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from lantern.errors import LanternError
 from lantern.evaluation import calibration, evaluate_run, results_table
 from lantern.fusion import fuse_run
 from lantern.predictions import read_predictions, write_predictions
@@ -101,6 +103,22 @@ def test_unlabelled_test_utterances_are_left_out_and_missing_fused_rows_fail(tmp
     write_predictions(fused_path, read_predictions(fused_path)[2:])
     with pytest.raises(ValueError, match="no prediction for test utterance"):
         evaluate_run(run.root, n_resamples=20)
+
+
+def test_vanilla_predictions_missing_a_test_utterance_of_the_corpus_are_refused(tmp_path):
+    run = fused_run(tmp_path, n=6)
+    path = run.predictions("test")
+    preds = read_predictions(path)
+    write_predictions(path, preds[:5] + preds[6:])  # one utterance of the test split left out
+    with pytest.raises(
+        LanternError, match=rf"{path}.*no prediction for test utterance '{preds[5].id}'.*1 of"
+    ):
+        evaluate_run(run.root, n_resamples=20)
+    write_predictions(path, [*preds, replace(preds[0], id="stranger_u0")])
+    with pytest.raises(LanternError, match=r"'stranger_u0' is not in the test split"):
+        evaluate_run(run.root, n_resamples=20)
+    write_predictions(path, preds)
+    assert evaluate_run(run.root, n_resamples=20)["per_seed"]["seed-0"]["n_test"] == len(preds)
 
 
 def test_no_run_is_an_error(tmp_path):

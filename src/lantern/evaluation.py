@@ -8,21 +8,30 @@ vanilla by a paired bootstrap over dialogues, per seed and pooled over seeds (a 
 brings its utterances from every seed, so the pooled interval covers the test-set sampling of the
 seed-averaged difference). Calibration (expected calibration error and a reliability table) is
 computed beside the scores for the report.
+
+The vanilla test predictions must cover exactly the test split of the corpus the run recorded in
+run.json (checked whenever that corpus is still where it was): a file that lost an utterance would
+otherwise shrink the test set without a word, and every score with it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lantern.corpus.dialogue import Corpus
 from lantern.errors import LanternError
 from lantern.fusion.methods import METHODS
-from lantern.metrics import classification_report, paired_bootstrap
+from lantern.metrics import classification_report, concordance, paired_bootstrap, pearson
+from lantern.models.batch import VAD_NAMES
 from lantern.predictions import Prediction, read_predictions
-from lantern.rundir import LLMSettings, LLMStats, RunDir, write_json
+from lantern.rundir import LLMSettings, LLMStats, RunDir, read_json, write_json
+
+log = logging.getLogger(__name__)
 
 VANILLA = "vanilla"
 LANTERN = "attention"
@@ -110,6 +119,73 @@ def _aligned(vanilla: list[Prediction], other: list[Prediction], path: Path) -> 
     return np.array([by_id[p.id] for p in vanilla], dtype=np.float64)
 
 
+def run_corpus(run: RunDir, why: str) -> Corpus | None:
+    """The corpus recorded in the run's run.json, or None (with a warning naming ``why`` it was
+    wanted) when the run records none or it is gone."""
+    from lantern.corpus.native import CORPUS_JSON, load_corpus
+
+    record = run.load().get("corpus") if run.run_json.exists() else None
+    if not record:
+        return None
+    corpus_path = Path(record["path"])
+    if not (corpus_path / CORPUS_JSON).is_file():
+        log.warning("%s: the run's corpus %s is gone; %s not checked", run.root, corpus_path, why)
+        return None
+    return load_corpus(corpus_path)
+
+
+def check_test_coverage(corpus: Corpus | None, path: Path, predictions: list[Prediction]) -> None:
+    """Refuse test predictions that miss an utterance of the test split of the run's recorded corpus,
+    or hold one that is not in it; skipped when the corpus is unknown."""
+    if corpus is None:
+        return
+    expected = [u.id for d in corpus.split("test") for u in d.utterances]
+    have = {p.id for p in predictions}
+    missing = [uid for uid in expected if uid not in have]
+    if missing:
+        raise LanternError(
+            f"{path}: no prediction for test utterance {missing[0]!r} of the run's corpus {corpus.name} "
+            f"({len(missing)} of {len(expected)} missing); predict the test split again"
+        )
+    strangers = sorted(have - set(expected))
+    if strangers:
+        raise LanternError(
+            f"{path}: utterance {strangers[0]!r} is not in the test split of the run's corpus {corpus.name} "
+            f"({len(strangers)} such); predict the test split again"
+        )
+
+
+def vad_quality(corpus: Corpus | None, predictions: list[Prediction]) -> dict[str, Any] | None:
+    """Pearson r and concordance (CCC) per dimension of the predicted VAD against the corpus's gold
+    VAD, on the utterances that have both (the dev split: test stays for the final report); None
+    when there are fewer than two such utterances."""
+    if corpus is None:
+        return None
+    gold = {u.id: u.vad for d in corpus.dialogues for u in d.utterances if u.vad is not None}
+    pairs = [(p.vad, gold[p.id]) for p in predictions if p.vad is not None and p.id in gold]
+    if len(pairs) < 2:
+        return None
+    predicted, truth = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    return {
+        "n": len(pairs),
+        **{
+            name: {
+                "pearson": round(pearson(predicted[:, k], truth[:, k]), 4),
+                "ccc": round(concordance(predicted[:, k], truth[:, k]), 4),
+            }
+            for k, name in enumerate(VAD_NAMES)
+        },
+    }
+
+
+def guard_record(run: RunDir) -> dict[str, Any] | None:
+    """The vanilla guard's decision for Lantern's method in a seed run (λ, ε and the NLL they rest on)."""
+    files = run.method(LANTERN)
+    if not files.config.exists():
+        return None
+    return read_json(files.config).get("selection", {}).get("guard")
+
+
 def _llm_summary(per_seed: dict[str, tuple[LLMSettings, LLMStats] | None]) -> dict[str, Any]:
     found = [s for s in per_seed.values() if s]
     if not found:
@@ -154,7 +230,10 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
         test_path = run.predictions("test")
         if not test_path.exists():
             raise FileNotFoundError(f"{test_path}: missing (train the vanilla model first)")
-        vanilla = [p for p in read_predictions(test_path) if p.label is not None]
+        everything = read_predictions(test_path)
+        corpus = run_corpus(run, "test coverage and dev VAD quality")
+        check_test_coverage(corpus, test_path, everything)
+        vanilla = [p for p in everything if p.label is not None]
         if not vanilla:
             raise LanternError(f"{test_path}: no test utterance has a gold label")
         n_classes = len(vanilla[0].probs)
@@ -191,7 +270,14 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
             for name in systems
             if name != VANILLA
         }
-        per_seed[seed_name] = {"n_test": len(gold), "methods": reports, "bootstrap_vs_vanilla": bootstrap}
+        dev_path = run.predictions("dev")
+        per_seed[seed_name] = {
+            "n_test": len(gold),
+            "methods": reports,
+            "bootstrap_vs_vanilla": bootstrap,
+            "guard": guard_record(run),
+            "dev_vad": vad_quality(corpus, read_predictions(dev_path)) if dev_path.exists() else None,
+        }
         for name in systems:
             entry = pooled.setdefault(name, {"gold": [], "pred": [], "vanilla": [], "groups": []})
             entry["gold"].append(gold)
@@ -230,6 +316,7 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
         if m != VANILLA
     }
     llm = _llm_summary(llm_stats)
+    dev_vad = [s["dev_vad"] for s in per_seed.values() if s["dev_vad"]]
     metrics = {
         "labels": labels,
         "seeds": list(seeds),
@@ -239,6 +326,16 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
         "summary": summary,
         "vs_vanilla": vs_vanilla,
         "per_seed": per_seed,
+        "dev_vad": {
+            name: {
+                score: round(float(np.mean([v[name][score] for v in dev_vad])), 4)
+                for score in ("pearson", "ccc")
+            }
+            for name in VAD_NAMES
+        }
+        if dev_vad
+        else None,
+        "guard": {name: s["guard"] for name, s in per_seed.items()},
         "llm": llm,
         "llm_per_seed": {
             name: None if found is None else {**found[0].to_json(), **found[1].to_json()}
@@ -281,4 +378,24 @@ def results_table(metrics: dict[str, Any]) -> str:
             cells += ["—", "—"]
         label = f"{m} (Lantern)" if m == metrics.get("lantern_method") else m
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _notes(metrics)
     return "\n".join(lines) + "\n"
+
+
+def _notes(metrics: dict[str, Any]) -> list[str]:
+    """Lines under the table: the vanilla guard's decision per seed, and the dev VAD quality."""
+    out = []
+    guards = {name: g for name, g in (metrics.get("guard") or {}).items() if g}
+    if guards:
+        decisions = ", ".join(
+            f"{name} λ={g['lambda']:.2f} (dev held-out NLL vanilla {g['nll_vanilla']:.3f}, "
+            f"unguarded {g['nll_unguarded']:.3f}, guarded {g['nll_guarded']:.3f})"
+            for name, g in guards.items()
+        )
+        method = metrics.get("lantern_method")
+        out += ["", f"Vanilla guard of {method} (weight kept on the learned mixture): {decisions}"]
+    vad = metrics.get("dev_vad")
+    if vad:
+        scores = ", ".join(f"{name} r {v['pearson']:.2f} / CCC {v['ccc']:.2f}" for name, v in vad.items())
+        out += ["", f"Vanilla VAD on dev (mean over seeds): {scores}"]
+    return out

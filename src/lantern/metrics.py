@@ -98,3 +98,24 @@ def paired_bootstrap(
             diffs_f1, 100 * (weighted_f1(gold_a, a, n_classes) - weighted_f1(gold_a, b, n_classes))
         ),
     }
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; 0 when either side is constant (no linear relation can be read)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    sa, sb = a.std(), b.std()
+    if len(a) < 2 or sa == 0 or sb == 0:
+        return 0.0
+    return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
+
+
+def concordance(x: Sequence[float], y: Sequence[float]) -> float:
+    """Lin's concordance correlation coefficient: agreement in location and scale as well as
+    correlation (the dimensional-emotion literature's usual score); 0 for fewer than two points."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(a) < 2:
+        return 0.0
+    denominator = a.var() + b.var() + (a.mean() - b.mean()) ** 2
+    if denominator == 0:
+        return 0.0
+    return float(2 * ((a - a.mean()) * (b - b.mean())).mean() / denominator)

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lantern.evaluation import METRICS, VANILLA, evaluate_run
+from lantern.llm.redact import scrub
 from lantern.rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json
 
 _SECRET_KEY = re.compile(
@@ -44,13 +45,14 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 
 
 def redact(obj: Any) -> Any:
-    """A copy of a JSON-able object with secret-looking keys' values (API keys, tokens) replaced."""
+    """A copy of a JSON-able object with secret-looking keys' values (API keys, tokens) replaced and
+    every URL in a string made public (run.json files written by older versions may hold credentials)."""
     if isinstance(obj, dict):
         return {k: _REDACTED if _SECRET_KEY.search(str(k)) and v else redact(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
-    if isinstance(obj, str) and obj.startswith("sk-"):
-        return _REDACTED
+    if isinstance(obj, str):
+        return _REDACTED if obj.startswith("sk-") else scrub(obj)
     return obj
 
 
@@ -305,6 +307,33 @@ def write_report(run_dir: str | Path) -> Path:
     if not weights:
         parts.append("<p class='note'>No fusion method with attention weights in this run.</p>")
 
+    guards = {name: g for name, g in (metrics.get("guard") or {}).items() if g}
+    parts.append("<h2>Vanilla guard</h2>")
+    if guards:
+        parts.append(
+            "<p class='note'>Lantern's attention is shrunk toward the vanilla model by the weight λ kept on "
+            "the learned mixture, chosen per seed on held-out likelihood over dialogue folds of the fusion "
+            "training split (the smallest λ within one standard error of the best). The unguarded attention "
+            "is reported beside it.</p>"
+        )
+        rows = [
+            [
+                name,
+                f"{g['lambda']:.2f}",
+                f"{g['nll_vanilla']:.4f}",
+                f"{g['nll_unguarded']:.4f}",
+                f"{g['nll_guarded']:.4f}",
+            ]
+            for name, g in guards.items()
+        ]
+        parts.append(_table(["seed", "λ", "NLL vanilla", "NLL unguarded", "NLL guarded"], rows))
+    else:
+        parts.append("<p class='note'>No guarded method in this run.</p>")
+    vad = metrics.get("dev_vad")
+    if vad:
+        parts.append("<h2>Vanilla VAD quality (dev)</h2>")
+        rows = [[name, f"{v['pearson']:.3f}", f"{v['ccc']:.3f}"] for name, v in vad.items()]
+        parts.append(_table(["dimension", "Pearson r", "CCC"], rows))
     llm = metrics.get("llm", {})
     parts.append("<h2>LLM statistics</h2>")
     if llm.get("available"):

@@ -4,11 +4,13 @@ Stages talk to each other only through files here (RUNDIR.md), so this module is
 spells their names; every other module asks it::
 
     RUN_DIR/run.json                      config, Lantern version, corpus, per stage its config hash
+    RUN_DIR/.lock                         held while `lantern run` works here (lantern.runlock)
     RUN_DIR/corpus/                       a corpus the pipeline generated or converted
     RUN_DIR/seed-<s>/                     one single-seed run per vanilla seed (pipeline runs)
     <single-seed run>/vanilla/            config.json, model.safetensors, metrics.json,
                                           predictions-{train,dev,test}.jsonl, crossfit/
-    <single-seed run>/llm/                cache.sqlite, config.json, stats.json, answers-<split>.jsonl
+    <single-seed run>/llm/                cache.sqlite, config.json, stats.json, answers-<split>.jsonl,
+                                          server.log (the embedded server's), .lock
     <single-seed run>/fusion/<method>/    config.json, model.safetensors, predictions-test.jsonl,
                                           attention.json
     <single-seed run>/annotations/<name>/ a small run per annotated input file
@@ -236,6 +238,11 @@ class RunDir:
     @property
     def run_json(self) -> Path:
         return self.root / RUN_JSON
+
+    @property
+    def lock(self) -> Path:
+        """Held by ``lantern run`` for the whole pipeline (:mod:`lantern.runlock`)."""
+        return self.root / ".lock"
 
     @property
     def corpus_dir(self) -> Path:

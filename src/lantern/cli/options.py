@@ -51,6 +51,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

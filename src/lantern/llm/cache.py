@@ -11,16 +11,36 @@ parser cannot smuggle in an answer the current one rejects.
 
 Each answer is committed on its own in WAL mode: a run killed with ``kill -9`` loses at most the
 requests that were in flight, and re-running the same command re-sends only those.
+
+A cache file that is damaged — not SQLite at all, garbage bytes, cut short — is found when it is
+opened (SQLite's ``quick_check``) and moved aside, renamed ``cache.sqlite.corrupt-<UTC time>``
+with its WAL files, with a warning; a fresh cache starts in its place, so the run re-asks what it
+needs instead of stopping. ``refresh`` never opens the old cache at all: it is moved aside the same
+way (``cache.sqlite.refreshed-<UTC time>``), kept rather than deleted because its answers were paid
+for; delete those files when they are no longer wanted. An SQLite error while the stage runs (a
+full disk, a file locked or damaged by another program) turns caching off for the rest of the run
+with one warning: the stage still writes its answers, it just cannot resume from them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from lantern.errors import LanternError
+
+log = logging.getLogger(__name__)
+
+# SQLite's answers for a file that is not a database or is damaged (anything else, such as a lock,
+# is not the file's fault and is reported instead of moving the file).
+DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -60,34 +80,94 @@ class CachedAnswer:
     logprobs: list[dict] | None = None
 
 
+class _Damaged(Exception):
+    """SQLite opened the file, but its integrity check found damage."""
+
+
 class ResponseCache:
     """SQLite-backed answer store; one connection, used from one thread (the stage's event loop).
 
-    ``refresh=True`` makes :meth:`get` miss every time while :meth:`put` still overwrites, so a
-    refreshed run replaces old answers instead of reading them.
+    ``refresh=True`` moves the existing cache aside unopened and starts an empty one, so a refreshed
+    run asks everything again. ``moved_aside`` is where an old or damaged cache went (None if none).
     """
 
     def __init__(self, path: str | Path, *, refresh: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.refresh = refresh
+        self.moved_aside: Path | None = None
+        if refresh and self.path.exists():
+            self.moved_aside = self._move_aside("refreshed")
+            log.info("%s: moved to %s (--refresh); starting a fresh cache", self.path, self.moved_aside.name)
+        try:
+            self._db: sqlite3.Connection | None = self._open()
+        except (sqlite3.Error, _Damaged) as exc:
+            if not isinstance(exc, _Damaged) and exc.sqlite_errorname not in DAMAGED:
+                raise LanternError(f"{self.path}: cannot open the response cache ({exc})") from None
+            self.moved_aside = self._move_aside("corrupt")
+            log.warning(
+                "%s: the response cache is damaged (%s); moved it to %s and started a fresh one",
+                self.path,
+                exc,
+                self.moved_aside.name,
+            )
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
         # Autocommit: every put is its own transaction, durable once execute() returns.
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
-        if "logprobs" not in columns:  # a cache written before answers carried log-probabilities
-            self._db.execute("ALTER TABLE answers ADD COLUMN logprobs TEXT")
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(answers)")}
+            if "logprobs" not in columns:  # a cache written before answers carried log-probabilities
+                db.execute("ALTER TABLE answers ADD COLUMN logprobs TEXT")
+            problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise _Damaged(f"quick_check: {problems[0]}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, why: str) -> Path:
+        """Rename the cache file (and its WAL files, which belong to it) to ``<name>.<why>-<time>``."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.{why}-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.{why}-{stamp}-{n}")
+        for suffix in ("", *SIDE_FILES):
+            source = self.path.with_name(self.path.name + suffix)
+            if source.exists():
+                source.rename(target.with_name(target.name + suffix))
+        return target
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """An SQLite error mid-run: warn once, and cache nothing more in this run."""
+        log.warning(
+            "%s: the response cache failed (%s); answers of this run are no longer cached "
+            "(the stage goes on; a damaged cache is moved aside when it is next opened)",
+            self.path,
+            exc,
+        )
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def get(self, key: str) -> CachedAnswer | None:
-        if self.refresh:
+        if self._db is None:
             return None
-        row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens, served_model, logprobs "
-            "FROM answers WHERE key = ?",
-            (key,),
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                "SELECT text, prompt_tokens, completion_tokens, served_model, logprobs "
+                "FROM answers WHERE key = ?",
+                (key,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return None
         if row is None:
             return None
         return CachedAnswer(
@@ -99,7 +179,7 @@ class ResponseCache:
         )
 
     def put(self, key: str, model: str, template_version: str, answer: CachedAnswer) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO answers "
             "(key, model, template, text, prompt_tokens, completion_tokens, served_model, logprobs) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -117,13 +197,25 @@ class ResponseCache:
 
     def delete(self, key: str) -> None:
         """Drop an answer that no longer validates, so it is asked again and replaced."""
-        self._db.execute("DELETE FROM answers WHERE key = ?", (key,))
+        self._write("DELETE FROM answers WHERE key = ?", (key,))
+
+    def _write(self, sql: str, values: tuple) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.execute(sql, values)
+        except sqlite3.Error as exc:
+            self._failed(exc)
 
     def __len__(self) -> int:
+        if self._db is None:
+            return 0
         return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def __enter__(self) -> ResponseCache:
         return self

@@ -4,9 +4,13 @@ One code path serves OpenAI, vLLM, llama.cpp, Ollama and hosted providers: the o
 SDK (``AsyncOpenAI``) with its own retries switched off (``max_retries=0``), because the retry
 policy is part of what a run reports and what the tests check:
 
-- transient failures — 429, 5xx, timeouts, dropped connections — are retried up to
-  ``max_retries`` times with exponential backoff and full jitter, waiting exactly what a
-  ``Retry-After`` header asks for when there is one (capped at ``MAX_RETRY_AFTER`` seconds);
+- ``timeout`` is a total deadline per attempt — connecting, waiting and reading the whole body —
+  not the longest silence between two bytes, so a server that drips its answer is cut off;
+- transient failures — 429, 5xx, timeouts, dropped connections, and a 200 whose body cannot be
+  believed (below) — are retried up to ``max_retries`` times with exponential backoff and full
+  jitter, waiting what a ``Retry-After`` header asks for when there is one, but never longer than
+  the timeout (nor ``MAX_RETRY_AFTER`` seconds): a field then ends within about
+  ``(2 * max_retries + 1) * timeout`` whatever a server asks;
 - other 4xx are not retried: 401/403 raise :class:`LLMAuthError` (every later request would fail
   the same way, so the stage stops), the rest raise :class:`RequestFailed` for that field only;
 - at most ``concurrency`` requests are in flight; requests/minute and tokens/minute are token
@@ -14,16 +18,27 @@ policy is part of what a run reports and what the tests check:
 - several base URLs are replicas of one model: each attempt goes to the replica with the fewest
   requests in flight (round-robin among ties), and a retry prefers another replica;
 - a :class:`Budget` is charged before every attempt with an upper estimate of its cost and
-  settled with the real usage after, so ``max_cost`` is never crossed by requests in flight.
+  settled after, so ``max_cost`` is never crossed by requests in flight.
 
-The API key is handed to the SDK and kept nowhere else: no attribute, message or statistic of
-this module holds it.
+Every 200 is untrusted: its raw body is read and checked here (:func:`read_reply`) rather than by
+the SDK's models. A body that is not JSON, is empty or cut short, or has no ``choices[0].message``
+is a ``bad_response``; a ``usage`` that is not an object of whole token counts between 0 and
+``MAX_USAGE_TOKENS`` (a string, ``1e400``, a negative or fractional count) is a ``bad_usage``. Both
+are counted failures of that attempt only, retried like a 5xx, and charged their upper cost
+estimate (the server may well have billed it). A usage the server leaves out is estimated from the
+text (:func:`estimate_tokens`), charged, and counted in ``ClientStats.tokens_estimated``, so
+``max_cost`` holds with or without usage and spend never decreases.
+
+The API key is handed to the SDK and to the :class:`~lantern.llm.redact.Redactor` that scrubs it
+(and the base URLs' credentials) from error bodies a server echoes back; no attribute, message or
+statistic of this module holds it otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import random
@@ -32,16 +47,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from lantern.errors import LanternError
+from lantern.llm.redact import Redactor, public_url, url_secrets
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 300.0
+MAX_USAGE_TOKENS = 10_000_000  # beyond any context window: a larger count is a lie, not a bill
 CHARS_PER_TOKEN = 3.0  # below the ~4 of English BPE text, so prompt estimates err high
 
 
@@ -67,6 +82,14 @@ class Price:
 
     prompt: float
     completion: float
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "completion"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise LanternError(
+                    f"a {name} price must be a finite number >= 0 (USD per 1M tokens), got {value!r}"
+                )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
@@ -141,39 +164,137 @@ class _TokenBucket:
 
 @dataclass
 class Completion:
-    """One answered request: the message text, its usage (0 when the server reports none), the
-    model name the server reported answering with, and the per-token log-probabilities when they
-    were asked for (OpenAI's ``choices[0].logprobs.content`` as plain dicts)."""
+    """One answered request: the message text, its usage (estimated from the text when the server
+    reports none: ``usage_estimated``), the model name the server reported answering with, and the
+    per-token log-probabilities when they were asked for (OpenAI's ``choices[0].logprobs.content``)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     replica: int
     served_model: str | None = None
+    usage_estimated: bool = False
+    logprobs: list[dict] | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What Lantern uses of a chat-completion body, checked: the text, the reported token counts
+    (None where the server gave none), the model name and the per-token log-probabilities (None when
+    absent or malformed: the answer format decides what that means)."""
+
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str | None
     logprobs: list[dict] | None = None
 
 
 @dataclass
+class _Outcome:
+    """One attempt: a completion, or a failure (with the Retry-After it asked for); ``answered``
+    marks a 200 that was refused, which is paid for all the same."""
+
+    completion: Completion | None = None
+    failure: RequestFailed | None = None
+    retry_after: float | None = None
+    answered: bool = False
+
+
+@dataclass
 class ClientStats:
-    """Counters a run reports: every HTTP attempt, every retry, the tokens and dollars spent."""
+    """Counters a run reports: every HTTP attempt, every retry, the tokens and dollars spent;
+    ``tokens_estimated`` counts the answers whose tokens were estimated rather than reported."""
 
     requests_sent: int = 0
     retries: int = 0
     max_in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tokens_estimated: int = 0
     cost_usd: float = 0.0
     per_replica: list[int] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
 
 
-def public_url(url: str) -> str:
-    """A base URL with any user:password part removed, fit for logs and stats."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+def read_reply(body: bytes) -> Reply:
+    """The checked parts of a chat-completion body; RequestFailed ``bad_response`` or ``bad_usage``
+    for anything that cannot be believed (the message says what, never quoting the body)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        what = "empty" if not body.strip() else f"not JSON ({type(exc).__name__})"
+        raise RequestFailed("bad_response", f"the body is {what}") from None
+    if not isinstance(data, dict):
+        raise RequestFailed("bad_response", "the body is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise RequestFailed("bad_response", "no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise RequestFailed("bad_response", "choices[0] has no message")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise RequestFailed("bad_response", "the message content is not text")
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise RequestFailed("bad_usage", f"usage is a {type(usage).__name__}, not an object")
+    usage = usage or {}
+    model = data.get("model")
+    return Reply(
+        text=content or "",
+        prompt_tokens=_token_count(usage, "prompt_tokens"),
+        completion_tokens=_token_count(usage, "completion_tokens"),
+        model=model if isinstance(model, str) else None,
+        logprobs=_token_logprobs(choices[0]),
+    )
+
+
+def _token_logprobs(choice: dict) -> list[dict] | None:
+    """``choice.logprobs.content`` reduced to what the readers use (token, logprob, top_logprobs),
+    every entry checked; None when absent or when any entry is malformed."""
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    out = []
+    for item in content:
+        if not isinstance(item, dict) or not isinstance(item.get("token"), str):
+            return None
+        top = item.get("top_logprobs") or []
+        if not isinstance(top, list):
+            return None
+        candidates = [
+            {"token": c["token"], "logprob": float(c["logprob"])}
+            for c in top
+            if isinstance(c, dict)
+            and isinstance(c.get("token"), str)
+            and isinstance(c.get("logprob"), int | float)
+            and not isinstance(c.get("logprob"), bool)
+        ]
+        logprob = item.get("logprob")
+        out.append(
+            {
+                "token": item["token"],
+                "logprob": float(logprob) if isinstance(logprob, int | float) else None,
+                "top_logprobs": candidates,
+            }
+        )
+    return out
+
+
+def _token_count(usage: dict, name: str) -> int | None:
+    value = usage.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_USAGE_TOKENS
+        or value != int(value)
+    ):
+        raise RequestFailed("bad_usage", f"usage.{name} is not a token count in 0..{MAX_USAGE_TOKENS}")
+    return int(value)
 
 
 class LLMClient:
@@ -205,16 +326,23 @@ class LLMClient:
             raise LanternError("at least one base URL is needed")
         if concurrency < 1:
             raise LanternError(f"concurrency must be >= 1, got {concurrency}")
+        if not timeout > 0 or max_retries < 0 or any(r is not None and not r > 0 for r in (rpm, tpm)):
+            raise LanternError(
+                f"timeout, rpm and tpm must be > 0 and max_retries >= 0 "
+                f"(got timeout={timeout}, rpm={rpm}, tpm={tpm}, max_retries={max_retries})"
+            )
         self.model = model
+        self.timeout = timeout
         self.base_urls = [public_url(u) for u in base_urls]
+        self._redact = Redactor([api_key, *(s for u in base_urls for s in url_secrets(u))])
         self._replicas = [
             openai.AsyncOpenAI(base_url=u, api_key=api_key, timeout=timeout, max_retries=0) for u in base_urls
         ]
         self._in_flight = [0] * len(base_urls)
         self._turn = 0
         self._slots = asyncio.Semaphore(concurrency)
-        self._rpm = _TokenBucket(rpm) if rpm else None
-        self._tpm = _TokenBucket(tpm) if tpm else None
+        self._rpm = _TokenBucket(rpm) if rpm is not None else None
+        self._tpm = _TokenBucket(tpm) if tpm is not None else None
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -242,63 +370,82 @@ class LLMClient:
         return best
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """The wait before retry ``attempt + 1``: what Retry-After asks, up to the timeout (so a
+        server cannot park a field for longer than a request may take), else jittered backoff."""
         if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER)
+            return min(retry_after, self.timeout, MAX_RETRY_AFTER)
         return self._random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2**attempt))
 
     async def complete(self, messages: list[dict], params: dict[str, Any]) -> Completion:
         """Send one chat request, retrying transient failures; raises RequestFailed, LLMAuthError,
         BudgetExhausted."""
         prompt_estimate = estimate_prompt_tokens(messages)
-        token_estimate = prompt_estimate + int(params.get("max_tokens") or 0)
-        cost_estimate = self.price.cost(prompt_estimate, int(params.get("max_tokens") or 0))
+        max_tokens = int(params.get("max_tokens") or 0)
+        cost_estimate = self.price.cost(prompt_estimate, max_tokens)
         avoid: int | None = None
         for attempt in range(self.max_retries + 1):
             async with self._slots:
                 # Reserve only once a slot is held, so queued requests do not hold budget.
                 self.budget.reserve(cost_estimate)
-                completion: Completion | None = None
+                outcome: _Outcome | None = None
                 try:
                     if self._rpm is not None:
                         await self._rpm.take(1)
                     if self._tpm is not None:
-                        await self._tpm.take(token_estimate)
+                        await self._tpm.take(prompt_estimate + max_tokens)
                     replica = self._pick(avoid)
-                    completion, failure, retry_after = await self._attempt(replica, messages, params)
+                    outcome = await self._attempt(replica, messages, params)
                 finally:
-                    actual = 0.0
-                    if completion is not None:
-                        actual = self.price.cost(completion.prompt_tokens, completion.completion_tokens)
+                    actual = self._charge(outcome, prompt_estimate, max_tokens)
                     self.budget.settle(cost_estimate, actual)
                     self.stats.cost_usd += actual
-            if completion is not None:
-                return completion
+            assert outcome is not None  # _attempt returns one or raises
+            if outcome.completion is not None:
+                return outcome.completion
+            failure = outcome.failure
             assert failure is not None
             if attempt == self.max_retries:
                 raise failure
-            delay = self._backoff(attempt, retry_after)
+            delay = self._backoff(attempt, outcome.retry_after)
             self.stats.retries += 1
             log.info("retrying after %s in %.2fs (attempt %d)", failure.reason, delay, attempt + 1)
             avoid = replica
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _attempt(
-        self, replica: int, messages: list[dict], params: dict[str, Any]
-    ) -> tuple[Completion | None, RequestFailed | None, float | None]:
-        """One HTTP attempt: (completion, None, None) or (None, retryable failure, Retry-After)."""
+    def _charge(self, outcome: _Outcome | None, prompt_estimate: int, max_tokens: int) -> float:
+        """The dollars an attempt cost: its usage when answered, its upper estimate when a 200 was
+        refused (tokens counted as estimated), nothing when no answer came."""
+        if outcome is None:
+            return 0.0
+        if outcome.completion is not None:
+            return self.price.cost(outcome.completion.prompt_tokens, outcome.completion.completion_tokens)
+        if outcome.answered:
+            self._count_tokens(prompt_estimate, max_tokens, estimated=True)
+            return self.price.cost(prompt_estimate, max_tokens)
+        return 0.0
+
+    def _count_tokens(self, prompt: int, completion: int, *, estimated: bool) -> None:
+        self.stats.prompt_tokens += prompt
+        self.stats.completion_tokens += completion
+        self.stats.tokens_estimated += estimated
+
+    async def _attempt(self, replica: int, messages: list[dict], params: dict[str, Any]) -> _Outcome:
+        """One HTTP attempt, bounded by the total deadline: a completion or a retryable failure."""
         self._in_flight[replica] += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, sum(self._in_flight))
         self.stats.requests_sent += 1
         self.stats.per_replica[replica] += 1
         try:
             # The SDK's documented custom-request call: the body goes out as built, skipping the
-            # per-request type transform of chat.completions.create (milliseconds of CPU each).
-            response = await self._replicas[replica].post(
-                "/chat/completions",
-                cast_to=ChatCompletion,
-                body={"model": self.model, "messages": messages, **params},
-            )
+            # per-request type transform of chat.completions.create (milliseconds of CPU each), and
+            # comes back as raw bytes, checked here rather than trusted to the SDK's models.
+            async with asyncio.timeout(self.timeout):
+                body = await self._replicas[replica].post(
+                    "/chat/completions",
+                    cast_to=bytes,
+                    body={"model": self.model, "messages": messages, **params},
+                )
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             self.stats.errors[f"http_{exc.status_code}"] += 1
             raise LLMAuthError(
@@ -309,43 +456,41 @@ class LLMClient:
             reason = f"http_{exc.status_code}"
             self.stats.errors[reason] += 1
             if exc.status_code == 429 or exc.status_code >= 500:
-                return None, RequestFailed(reason), _retry_after(exc.response.headers)
-            raise RequestFailed(reason, _short(exc.message)) from None
-        except openai.APITimeoutError:
+                return _Outcome(failure=RequestFailed(reason), retry_after=_retry_after(exc.response.headers))
+            raise RequestFailed(reason, self._redact(_short(exc.message))) from None
+        except (TimeoutError, openai.APITimeoutError):
             self.stats.errors["timeout"] += 1
-            return None, RequestFailed("timeout"), None
+            return _Outcome(failure=RequestFailed("timeout"))
         except openai.APIConnectionError:
             self.stats.errors["connection"] += 1
-            return None, RequestFailed("connection"), None
-        except openai.APIResponseValidationError:
-            self.stats.errors["bad_response"] += 1
-            return None, RequestFailed("bad_response"), None
+            return _Outcome(failure=RequestFailed("connection"))
         finally:
             self._in_flight[replica] -= 1
-        usage = response.usage
-        prompt_tokens = int(usage.prompt_tokens or 0) if usage else 0
-        completion_tokens = int(usage.completion_tokens or 0) if usage else 0
-        self.stats.prompt_tokens += prompt_tokens
-        self.stats.completion_tokens += completion_tokens
-        text = response.choices[0].message.content if response.choices else None
-        served = getattr(response, "model", None)
-        logprobs = _token_logprobs(response)
-        completion = Completion(text or "", prompt_tokens, completion_tokens, replica, served, logprobs)
-        return completion, None, None
-
-
-def _token_logprobs(response: ChatCompletion) -> list[dict] | None:
-    """The first choice's per-token log-probabilities as plain dicts, or None when absent."""
-    choice = response.choices[0] if response.choices else None
-    content = getattr(getattr(choice, "logprobs", None), "content", None)
-    if not content:
-        return None
-    return [
-        item.model_dump(exclude={"bytes": True, "top_logprobs": {"__all__": {"bytes"}}})
-        if hasattr(item, "model_dump")
-        else dict(item)
-        for item in content
-    ]
+        try:
+            reply = read_reply(body)
+        except RequestFailed as failure:
+            self.stats.errors[failure.reason] += 1
+            log.info("%s answered 200 but %s", self.base_urls[replica], failure)
+            return _Outcome(failure=failure, answered=True)
+        estimated = reply.prompt_tokens is None or reply.completion_tokens is None
+        prompt_tokens = (
+            estimate_prompt_tokens(messages) if reply.prompt_tokens is None else reply.prompt_tokens
+        )
+        completion_tokens = (
+            estimate_tokens(reply.text) if reply.completion_tokens is None else reply.completion_tokens
+        )
+        self._count_tokens(prompt_tokens, completion_tokens, estimated=estimated)
+        return _Outcome(
+            completion=Completion(
+                reply.text,
+                prompt_tokens,
+                completion_tokens,
+                replica,
+                reply.model,
+                usage_estimated=estimated,
+                logprobs=reply.logprobs,
+            )
+        )
 
 
 def _retry_after(headers: Any) -> float | None:

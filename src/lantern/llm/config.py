@@ -16,6 +16,7 @@ from typing import Any
 from lantern.errors import LanternError
 from lantern.fields import FieldSpec
 from lantern.llm.prompt import PromptOptions
+from lantern.llm.redact import public_url
 from lantern.rundir import LLMSettings
 
 LOCAL_SERVER_KIND = "llamacpp"
@@ -67,6 +68,13 @@ class Endpoint:
                 _positive_number(name, value, allow_zero=name == "max_cost")
         for name in ("timeout", "backoff_base", "backoff_max"):
             _positive_number(name, getattr(self, name), allow_zero=name != "timeout")
+        for model, pair in self.prices.items():
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise LanternError(
+                    f"prices[{model!r}] must be [usd_per_1M_prompt, usd_per_1M_completion], got {pair!r}"
+                )
+            for value in pair:
+                _positive_number(f"prices[{model!r}]", value, allow_zero=True)
         if self.base_urls and not self.model:
             raise LanternError("a model name is required with a base URL (--model)")
 
@@ -110,11 +118,14 @@ class LLMConfig:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """The whole config as recorded in run.json (the key's variable name only, never the key)."""
+        """The whole config as recorded in run.json: the key's variable name only, never the key, and
+        base URLs without credentials or query values (:func:`~lantern.llm.redact.public_url`)."""
+        endpoint = asdict(self.endpoint)
+        endpoint["base_urls"] = [public_url(u) for u in endpoint["base_urls"]]
         return {
             **self.fields.to_json(),
             **asdict(self.prompt),
-            **asdict(self.endpoint),
+            **endpoint,
             "cache_path": self.cache_path,
             "refresh": self.refresh,
         }

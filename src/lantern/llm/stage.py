@@ -55,6 +55,7 @@ from lantern.llm.formats import (
 from lantern.llm.prompt import FieldUtterance, build_messages, template_version
 from lantern.predictions import Prediction, read_predictions
 from lantern.rundir import LLMSettings, LLMStats, RunDir, SplitStats, file_hash, write_json
+from lantern.runlock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,11 @@ def run_llm_stage(
     run = RunDir(run_dir)
     sources = {split: prompt_predictions(run, split) for split in splits}
     corpus = load_run_corpus(run)
-    with endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved:
+    # One process at a time: a second one would send (and pay for) the same fields again.
+    with (
+        run_lock(run.llm.lock, "prompting the LLM"),
+        endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved,
+    ):
         return asyncio.run(_run(run, corpus, config, resolved, sources, progress))
 
 
@@ -199,6 +204,7 @@ async def _run(
     stats.transport_errors = dict(sorted(client.stats.errors.items()))
     stats.prompt_tokens = client.stats.prompt_tokens
     stats.completion_tokens = client.stats.completion_tokens
+    stats.tokens_estimated = client.stats.tokens_estimated > 0
     stats.cost_usd = round(client.stats.cost_usd, 6)
     stats.wall_seconds = round(time.monotonic() - started, 3)
     write_json(run.llm.settings, settings.to_json())

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from lantern.errors import LanternError
-from lantern.llm.client import public_url
 from lantern.llm.config import LLMConfig
 
 SECTIONS = ("run", "corpus", "vanilla", "llm", "fusion")
@@ -88,12 +87,10 @@ class PipelineConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The config as recorded in run.json: no key (only its variable's name), no URL credentials."""
-        llm = self.llm.to_json()
-        llm["base_urls"] = [public_url(u) for u in llm["base_urls"]]
         return {
             "corpus": asdict(self.corpus),
             "vanilla": asdict(self.vanilla),
-            "llm": llm | {"splits": list(self.llm_splits)},
+            "llm": self.llm.to_json() | {"splits": list(self.llm_splits)},
             "fusion": asdict(self.fusion),
         }
 

@@ -26,6 +26,7 @@ from lantern.errors import LanternError, StageIncomplete
 from lantern.llm.config import LLMConfig
 from lantern.recipes.config import CorpusSpec, Notify, PipelineConfig, load_config
 from lantern.rundir import RunDir, config_hash, read_json
+from lantern.runlock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,10 @@ class Pipeline:
         """Run every stage in order (``from_stage`` and later ones forced to run again)."""
         if from_stage is not None and from_stage not in STAGES:
             raise LanternError(f"unknown stage {from_stage!r}; stages: {', '.join(STAGES)}")
-        self.run.root.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.run.lock, "running the pipeline"):
+            return self._run_all(from_stage)
+
+    def _run_all(self, from_stage: str | None) -> dict[str, Any]:
         record = self.run.load()
         record.update({"lantern_version": __version__, "config": self.config.to_json()})
         self.run.save(record)

@@ -3,10 +3,11 @@
 It answers from the request alone: it reads the rendered Lantern prompt back
 (:func:`lantern.testing.prompt_reader.read_field`) and, by default, echoes the vanilla probabilities it finds
 there in the compact answer form, so answers are deterministic and checkable. On demand it
-misbehaves like real servers do (rate limits, errors, hangs, dropped connections, malformed
-answers), mimics llama.cpp's refusal of ``response_format: json_schema``, and — clearly labelled
-``simulated-llm`` with the header ``X-Lantern-Simulated: 1`` — simulates an LLM of chosen accuracy
-from gold labels, so the fusion stage can be exercised end to end without a model.
+misbehaves like real servers and hostile proxies do (rate limits, errors, hangs, dropped
+connections, malformed answers, unreadable or endless 200 bodies, usage that lies, an error that
+echoes the Authorization header), mimics llama.cpp's refusal of ``response_format: json_schema``,
+and — clearly labelled ``simulated-llm`` with the header ``X-Lantern-Simulated: 1`` — simulates an
+LLM of chosen accuracy from gold labels, so the fusion stage can be exercised end to end without a model.
 
 Run ``python -m lantern.testing.server --port 0`` (it prints ``LISTENING http://127.0.0.1:PORT``
 once ready; the OpenAI base URL is that plus ``/v1``), or from Python::
@@ -16,7 +17,9 @@ once ready; the OpenAI base URL is that plus ``/v1``), or from Python::
         ...
 
 Control endpoints: ``POST /_control/faults`` with a JSON list of faults applied to the next chat
-requests in order (``{"kind": K, "count": n, ...}``, kinds in :data:`FAULT_KINDS`),
+requests in order (``{"kind": K, "count": n, ...}``, kinds in :data:`FAULT_KINDS`; ``429`` takes
+``retry_after``, ``timeout`` ``seconds``, ``slow_drip`` ``interval`` seconds per byte, ``bad_usage``
+``raw`` JSON text for the usage),
 ``GET /_control/stats``, ``GET /_control/requests`` (recent request bodies), ``POST /_control/reset``.
 The server exits by itself after ``--idle-exit`` seconds without a request.
 """
@@ -53,8 +56,18 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "lantern-test-llm"
 KINDS = ("openai", "llamacpp")
-# Transport faults replace the response; answer faults corrupt an otherwise normal answer.
-TRANSPORT_FAULTS = ("429", "500", "timeout", "drop")
+# Transport faults replace the response; body faults spoil the HTTP 200 a normal answer would get
+# (its JSON, usage or delivery); answer faults corrupt the answer text inside a well-formed 200.
+TRANSPORT_FAULTS = ("429", "500", "timeout", "drop", "html", "echo_auth")
+BODY_FAULTS = (
+    "empty_body",
+    "truncated_body",
+    "no_choices",
+    "no_message",
+    "no_usage",
+    "bad_usage",
+    "slow_drip",
+)
 ANSWER_FAULTS = (
     "non_json",
     "missing_utterance",
@@ -64,7 +77,7 @@ ANSWER_FAULTS = (
     "oversized",
     "truncated",
 )
-FAULT_KINDS = TRANSPORT_FAULTS + ANSWER_FAULTS
+FAULT_KINDS = TRANSPORT_FAULTS + BODY_FAULTS + ANSWER_FAULTS
 RECENT_REQUESTS = 50
 
 
@@ -77,6 +90,7 @@ class ServerConfig:
     api_key: str | None = None
     idle_exit: float = 600.0
     simulation: Simulation | None = None
+    record: int = RECENT_REQUESTS
 
 
 @dataclass
@@ -205,6 +219,32 @@ def _corrupt(fault: dict, content: str, field: PromptField) -> tuple[str, str]:
     return json.dumps(obj), "stop"
 
 
+def _spoil(fault: dict, response: dict) -> bytes:
+    """The body of a 200 spoiled the way ``fault`` says (``slow_drip`` keeps it; it is sent slowly).
+
+    ``bad_usage`` puts ``fault["raw"]`` (JSON text, default ``"abc"``) verbatim in place of the usage
+    object, so values json.dumps cannot write (``1e400``) can be sent too.
+    """
+    kind = fault["kind"]
+    response = dict(response)
+    if kind == "empty_body":
+        return b""
+    if kind == "no_choices":
+        response.pop("choices")
+    elif kind == "no_message":
+        response["choices"] = [{"index": 0, "finish_reason": "stop"}]
+    elif kind == "no_usage":
+        response.pop("usage")
+    elif kind == "bad_usage":
+        response["usage"] = "@usage@"
+        raw = str(fault.get("raw", '"abc"'))
+        return json.dumps(response).replace('"@usage@"', raw).encode("utf-8")
+    data = json.dumps(response).encode("utf-8")
+    if kind == "truncated_body":
+        return data[: len(data) // 2]
+    return data
+
+
 class _Reply(Exception):
     """An HTTP error reply, raised from inside request handling."""
 
@@ -222,7 +262,7 @@ class LLMTestServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], config: ServerConfig) -> None:
         super().__init__(address, _Handler)
         self.config = config
-        self.state = ServerState()
+        self.state = ServerState(recent=deque(maxlen=config.record))
 
     @property
     def url(self) -> str:
@@ -251,14 +291,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
         data = (body if isinstance(body, str) else json.dumps(body)).encode("utf-8")
+        self._send_bytes(status, data, headers)
+
+    def _send_bytes(
+        self,
+        status: int,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        drip: float = 0.0,
+    ) -> None:
+        """Send ``data``; with ``drip`` > 0, one byte every ``drip`` seconds after the headers."""
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
         try:
-            self.wfile.write(data)
+            if drip <= 0:
+                self.wfile.write(data)
+                return
+            self.wfile.flush()
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(drip)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -418,6 +476,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+        elif kind == "html":
+            page = b"<html><body><h1>502 Bad Gateway</h1>(a proxy's page, sent as 200)</body></html>"
+            self._send_bytes(200, page, content_type="text/html")
+        elif kind == "echo_auth":
+            # Some servers quote the request back in their error: the key with it.
+            echoed = self.headers.get("Authorization", "")
+            self._error(400, f"malformed request (headers: Authorization: {echoed})", "invalid_request_error")
 
     def _answer(self, body: dict, messages: list, field: PromptField, fault: dict | None) -> None:
         config = self.server.config
@@ -464,7 +529,11 @@ class _Handler(BaseHTTPRequestHandler):
             },
         }
         headers = {"X-Lantern-Simulated": "1"} if config.simulation is not None else None
-        self._send(200, response, headers)
+        if fault is not None and fault["kind"] in BODY_FAULTS:
+            drip = float(fault.get("interval", 0.5)) if fault["kind"] == "slow_drip" else 0.0
+            self._send_bytes(200, _spoil(fault, response), headers, drip=drip)
+        else:
+            self._send(200, response, headers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--api-key", default=None, help="require this bearer token")
     p.add_argument("--idle-exit", type=float, default=600.0, help="exit after this many idle seconds")
+    p.add_argument(
+        "--record",
+        type=int,
+        default=RECENT_REQUESTS,
+        help="how many recent request bodies /_control/requests keeps",
+    )
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     sim = p.add_argument_group("simulation (answers labelled simulated-llm)")
     sim.add_argument(
@@ -570,6 +645,7 @@ def serve(args: argparse.Namespace) -> LLMTestServer:
         answer_form=args.answer_form,
         api_key=args.api_key,
         idle_exit=args.idle_exit,
+        record=args.record,
         simulation=simulation,
     )
     return LLMTestServer((args.host, args.port), config)
