@@ -18,12 +18,13 @@ TINY_WIDTHS = {"t": 16, "a": 16, "v": 16}
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> tuple[Path, Path]:
-    """(corpus directory, gold predictions file) of a 14-dialogue synthetic corpus."""
+    """(corpus directory, gold predictions file) of a 14-dialogue synthetic corpus (3 dev dialogues, so
+    fusion can cross-validate over dev)."""
     from lantern.corpus.example import generate_example
     from lantern.corpus.native import save_corpus
 
     root = tmp_path_factory.mktemp("tiny")
-    corpus = generate_example(14, seed=3, widths=TINY_WIDTHS, min_len=6, max_len=10)
+    corpus = generate_example(14, seed=3, widths=TINY_WIDTHS, min_len=6, max_len=10, dev_fraction=0.3)
     corpus_dir = save_corpus(corpus, root / "corpus")
     return corpus_dir, gold_file(corpus, root / "gold.jsonl")
 

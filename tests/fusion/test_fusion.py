@@ -339,3 +339,25 @@ def test_fuse_run_reads_t_from_the_llm_settings_and_checks_inputs(tmp_path):
         fuse_run(run.root, ["uniform"], train_split="test")
     with pytest.raises(FileNotFoundError, match="crossfit"):
         fuse_run(run.root, ["uniform"], train_split="crossfit")
+
+
+def test_guarded_and_unguarded_attention_share_one_fit(tmp_path, monkeypatch):
+    run = make_fused_run(tmp_path, n_dev=8, n_test=8)
+    fits: list[str] = []
+    original = SearchCV.fit
+
+    def spy(self, inputs):
+        fits.append(self.estimator.name)
+        return original(self, inputs)
+
+    monkeypatch.setattr(SearchCV, "fit", spy)
+    fuse_run(
+        run.root,
+        ["attention", "attention-unguarded"],
+        params={"attention": FAST, "attention-unguarded": FAST},
+    )
+    assert fits == ["attention"]
+    guarded = FusionMethod.load(run.method("attention").dir)
+    unguarded = FusionMethod.load(run.method("attention-unguarded").dir)
+    assert unguarded.shrink_ == 1.0 and unguarded.selection_["selected"] == guarded.selection_["selected"]
+    assert "guard" in guarded.selection_ and "guard" not in unguarded.selection_

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+from csv import DictReader
 from dataclasses import replace
 
 import pytest
 
 from lantern.cli import main
+from lantern.predictions import read_predictions
 from lantern.recipes.config import CorpusSpec, VanillaSpec
 from lantern.recipes.pipeline import build_corpus, run_pipeline
-from lantern.rundir import LLMStats, RunDir
+from lantern.rundir import LLMSettings, LLMStats, RunDir
 from lantern.testing.runs import gold_file
 from lantern.testing.server import running_test_server, server_stats
+from lantern.training import read_vanilla_meta
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +131,8 @@ def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tiny_con
                 "1,2",
                 "--strides",
                 "2,3",
+                "--select-on",
+                "dev",
                 "--base-url",
                 url,
                 "--model",
@@ -137,14 +143,29 @@ def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tiny_con
     assert code == 0
     seed_run = RunDir(tmp_path / "run").seed(0)
     markdown, csv = seed_run.ablation_table
-    assert "simulated LLM" in markdown.read_text()
-    csv_rows = csv.read_text().splitlines()
-    variants = {row.split(",")[0] for row in csv_rows[1:]}
-    assert variants == {"run", "t=1", "stride=3", "no-vad", "no-probs"}
-    methods = {row.split(",")[5] for row in csv_rows[1:]}
-    assert {"vanilla", "uniform", "single", "position", "gated", "attention", "attention-llm"} <= methods
+    text = markdown.read_text()
+    assert "simulated LLM" in text and "Selected on dev" in text
+    rows = list(DictReader(io.StringIO(csv.read_text())))
+    variants = {row["variant"] for row in rows}
+    assert variants == {
+        "run", "t=1", "stride=3", "no-vad", "no-probs", "answer=logprobs", "answer=digits", "no-context",
+        "no-dimensions",
+    }  # fmt: skip
+    assert {"vanilla", "uniform", "single", "position", "gated", "attention", "attention-llm"} <= {
+        row["method"] for row in rows
+    }
     run_stats = LLMStats.read(seed_run.ablation("run").llm.stats)
     assert run_stats.requests_sent == 0 and run_stats.cache_hits == run_stats.unique_requests
+    # no-dimensions: a vanilla model retrained with lambda_vad = 0, whose predictions carry no VAD,
+    # prompted without VAD.
+    no_dims = seed_run.ablation("no-dimensions")
+    assert read_vanilla_meta(no_dims).training["lambda_vad"] == 0.0
+    assert all(p.vad is None for p in read_predictions(no_dims.predictions("test")))
+    assert not LLMSettings.read(no_dims.llm.settings).include_vad
+    # no-context: the same answers as the run, attention without context embeddings.
+    config = json.loads(seed_run.ablation("no-context").method("attention").config.read_text())
+    assert config["params"]["use_context"] is False and config["n_context"] == 0
+    assert all(row["dev_nll"] for row in rows if row["method"] == "attention")
     assert before > 0
     assert "| variant |" in capsys.readouterr().out
 

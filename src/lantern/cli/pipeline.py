@@ -51,10 +51,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_annotate)
 
-    p = sub.add_parser("ablate", help="sweep t, stride, prompt contents and fusion methods; one table")
+    p = sub.add_parser(
+        "ablate",
+        help="sweep fields, prompt contents, answer formats, dimensions and fusion methods; one table",
+    )
     p.add_argument("--run", required=True, type=Path, help="a run directory with vanilla predictions")
     p.add_argument("--t", dest="t_values", default="1,2,3,4", help="receptive-field counts (default 1,2,3,4)")
     p.add_argument("--strides", default="2,4", help="strides (default 2,4)")
+    p.add_argument(
+        "--answer-formats",
+        default="probs,logprobs,digits",
+        help="answer formats (default probs,logprobs,digits)",
+    )
+    p.add_argument(
+        "--skip-dimensions",
+        action="store_true",
+        help="leave out the no-dimensions variant (it retrains the vanilla model with lambda_vad = 0)",
+    )
+    p.add_argument(
+        "--select-on",
+        choices=["dev"],
+        help="choose the variant by held-out likelihood on dev (never on test) and say which",
+    )
     add_endpoint_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_ablate)
@@ -152,6 +170,9 @@ def _ablate(args: argparse.Namespace) -> int:
         args.run,
         t_values=_int_list(args.t_values, "--t"),
         strides=_int_list(args.strides, "--strides"),
+        answer_formats=[f.strip() for f in args.answer_formats.split(",") if f.strip()],
+        dimensions=not args.skip_dimensions,
+        select_on=args.select_on,
         endpoint=_endpoint(args),
         notify=_notify,
         progress=not args.quiet,

@@ -308,6 +308,16 @@ class UnguardedAttentionWeighting(AttentionWeighting):
 
     name = "attention-unguarded"
 
+    @classmethod
+    def from_guarded(cls, guarded: AttentionWeighting) -> UnguardedAttentionWeighting:
+        """The same fitted attention with the guard undone: the guard is applied after fitting, so
+        the two differ only in ``shrink_`` and ``smooth_`` and one fit serves both."""
+        model = cls(**guarded.get_params())
+        model.t_, model.n_classes_ = guarded.t_, guarded.n_classes_
+        model.module_, model.n_context_ = guarded.module_, guarded.n_context_
+        model.selection_ = {k: v for k, v in guarded.selection_.items() if k != "guard"}
+        return model
+
 
 class LLMOnlyAttentionWeighting(AttentionWeighting):
     """The paper-literal merge: attention over the t LLM answers only."""

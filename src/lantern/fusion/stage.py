@@ -19,7 +19,14 @@ from lantern.answers import read_field_answers
 from lantern.errors import LanternError
 from lantern.fusion.crossval import SearchCV
 from lantern.fusion.inputs import FusionInputs, build_inputs
-from lantern.fusion.methods import GUARDED, METHODS, FusionMethod, TrainedFusion
+from lantern.fusion.methods import (
+    GUARDED,
+    METHODS,
+    AttentionWeighting,
+    FusionMethod,
+    TrainedFusion,
+    UnguardedAttentionWeighting,
+)
 from lantern.predictions import Prediction, read_predictions, write_predictions
 from lantern.rundir import LLMSettings, RunDir, write_json
 
@@ -46,6 +53,16 @@ def make_method(name: str, *, seed: int, params: dict[str, Any] | None = None) -
     if search:
         raise LanternError(f"fusion method {name!r} is not trained; it takes no {', '.join(search)}")
     return method
+
+
+def _same_search(a: FusionMethod | SearchCV, b: FusionMethod | SearchCV | None) -> bool:
+    """Whether two searches differ only in the guard (so the guarded fit serves the unguarded one)."""
+    if not isinstance(a, SearchCV) or not isinstance(b, SearchCV):
+        return False
+    grid = ("hidden_sizes", "weight_decays", "epoch_grid", "folds")
+    return all(getattr(a, k) == getattr(b, k) for k in grid) and (
+        a.estimator.get_params() == b.estimator.get_params()
+    )
 
 
 def _load(run: RunDir, settings: LLMSettings, split: str) -> tuple[list[Prediction], FusionInputs]:
@@ -85,9 +102,18 @@ def fuse_run(
     test_predictions, test_inputs = _load(run, settings, "test")
 
     summary: dict[str, Any] = {}
+    fitted: dict[str, FusionMethod] = {}
     for name, estimator in estimators.items():
         started = time.perf_counter()
-        model = estimator.fit(train_inputs)
+        guarded = fitted.get(AttentionWeighting.name)
+        if name == UnguardedAttentionWeighting.name and _same_search(
+            estimator, estimators.get(AttentionWeighting.name)
+        ):
+            assert isinstance(guarded, AttentionWeighting)
+            model = UnguardedAttentionWeighting.from_guarded(guarded)
+        else:
+            model = estimator.fit(train_inputs)
+        fitted[name] = model
         fused = model.predict_proba(test_inputs)
         files = run.method(name)
         model.save(files.dir)
