@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lantern.errors import LanternError
@@ -41,9 +41,21 @@ class FieldAnswer:
     stop: int
     utterances: list[UtteranceAnswer] = field(default_factory=list)
 
+    def to_json(self) -> dict:
+        """The record as written (built directly: ``dataclasses.asdict`` deep-copies every list)."""
+        return {
+            "dialogue": self.dialogue,
+            "start": self.start,
+            "stop": self.stop,
+            "utterances": [
+                {"id": u.id, "b": u.b, "r": u.r, "probs": u.probs, "status": u.status, "reason": u.reason}
+                for u in self.utterances
+            ],
+        }
+
 
 def write_field_answers(path: str | Path, answers: Iterable[FieldAnswer]) -> None:
-    lines = [json.dumps(asdict(a), separators=(",", ":")) for a in answers]
+    lines = [json.dumps(a.to_json(), separators=(",", ":")) for a in answers]
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 

@@ -381,6 +381,8 @@ class LLMClient:
         BudgetExhausted."""
         prompt_estimate = estimate_prompt_tokens(messages)
         max_tokens = int(params.get("max_tokens") or 0)
+        # Serialised once for every attempt: the SDK sends bytes as they are (no per-attempt copy).
+        payload = json.dumps({"model": self.model, "messages": messages, **params}).encode("utf-8")
         cost_estimate = self.price.cost(prompt_estimate, max_tokens)
         avoid: int | None = None
         for attempt in range(self.max_retries + 1):
@@ -394,7 +396,7 @@ class LLMClient:
                     if self._tpm is not None:
                         await self._tpm.take(prompt_estimate + max_tokens)
                     replica = self._pick(avoid)
-                    outcome = await self._attempt(replica, messages, params)
+                    outcome = await self._attempt(replica, payload, prompt_estimate)
                 finally:
                     actual = self._charge(outcome, prompt_estimate, max_tokens)
                     self.budget.settle(cost_estimate, actual)
@@ -430,7 +432,7 @@ class LLMClient:
         self.stats.completion_tokens += completion
         self.stats.tokens_estimated += estimated
 
-    async def _attempt(self, replica: int, messages: list[dict], params: dict[str, Any]) -> _Outcome:
+    async def _attempt(self, replica: int, payload: bytes, prompt_estimate: int) -> _Outcome:
         """One HTTP attempt, bounded by the total deadline: a completion or a retryable failure."""
         self._in_flight[replica] += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, sum(self._in_flight))
@@ -441,11 +443,7 @@ class LLMClient:
             # per-request type transform of chat.completions.create (milliseconds of CPU each), and
             # comes back as raw bytes, checked here rather than trusted to the SDK's models.
             async with asyncio.timeout(self.timeout):
-                body = await self._replicas[replica].post(
-                    "/chat/completions",
-                    cast_to=bytes,
-                    body={"model": self.model, "messages": messages, **params},
-                )
+                body = await self._replicas[replica].post("/chat/completions", cast_to=bytes, body=payload)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             self.stats.errors[f"http_{exc.status_code}"] += 1
             raise LLMAuthError(
@@ -473,9 +471,7 @@ class LLMClient:
             log.info("%s answered 200 but %s", self.base_urls[replica], failure)
             return _Outcome(failure=failure, answered=True)
         estimated = reply.prompt_tokens is None or reply.completion_tokens is None
-        prompt_tokens = (
-            estimate_prompt_tokens(messages) if reply.prompt_tokens is None else reply.prompt_tokens
-        )
+        prompt_tokens = prompt_estimate if reply.prompt_tokens is None else reply.prompt_tokens
         completion_tokens = (
             estimate_tokens(reply.text) if reply.completion_tokens is None else reply.completion_tokens
         )

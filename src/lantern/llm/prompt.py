@@ -15,6 +15,7 @@ rendered prompt back (:mod:`lantern.testing.prompt_reader`) to answer from the r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -97,23 +98,36 @@ class Template:
 
 
 def load_template(name: str = DEFAULT_TEMPLATE) -> Template:
-    """A packaged template by name, or a template file by path; ValueError naming the known ones otherwise."""
+    """A packaged template by name, or a template file by path; ValueError naming the known ones otherwise.
+
+    Read once per file state (path, size, modification time): a stage renders hundreds of prompts
+    from one template, and an edited file is read again.
+    """
     path = Path(name)
     if path.suffix == ".txt" and path.is_file():
-        text, label = path.read_text(encoding="utf-8"), path.stem
-    else:
-        packaged = resources.files("lantern.llm") / "templates" / f"{name}.txt"
-        if not packaged.is_file():
-            known = sorted(
-                p.name.removesuffix(".txt")
-                for p in (resources.files("lantern.llm") / "templates").iterdir()
-                if p.name.endswith(".txt")
-            )
-            raise LanternError(
-                f"unknown prompt template {name!r}; known: {', '.join(known)} (or a .txt path)"
-            )
-        text, label = packaged.read_text(encoding="utf-8"), name
-    return _parse_template(label, text)
+        state = path.stat()
+        return _template_file(str(path.resolve()), state.st_size, state.st_mtime_ns)
+    return _packaged_template(name)
+
+
+@functools.lru_cache(maxsize=32)
+def _template_file(path: str, size: int, mtime_ns: int) -> Template:
+    """The template in file ``path`` as it is at this size and modification time."""
+    return _parse_template(Path(path).stem, Path(path).read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=32)
+def _packaged_template(name: str) -> Template:
+    """A template shipped with Lantern (read once per process: the package does not change)."""
+    packaged = resources.files("lantern.llm") / "templates" / f"{name}.txt"
+    if not packaged.is_file():
+        known = sorted(
+            p.name.removesuffix(".txt")
+            for p in (resources.files("lantern.llm") / "templates").iterdir()
+            if p.name.endswith(".txt")
+        )
+        raise LanternError(f"unknown prompt template {name!r}; known: {', '.join(known)} (or a .txt path)")
+    return _parse_template(name, packaged.read_text(encoding="utf-8"))
 
 
 def _parse_template(name: str, text: str) -> Template:
@@ -193,7 +207,10 @@ def _check_field(
             raise LanternError(f"{where}, utterance {u.id}: VAD must be 3 finite numbers")
 
 
-def _drop_blocks(text: str, keep: dict[str, bool], answer_format: str) -> str:
+@functools.lru_cache(maxsize=64)
+def _drop_blocks(text: str, keep_probs: bool, keep_vad: bool, answer_format: str) -> str:
+    """The template body with the reference blocks left out and only the chosen answer block kept."""
+    keep = {"probs": keep_probs, "vad": keep_vad}
     for block in _BLOCKS:
         pattern = re.compile(rf"\[\[{block}\]\](.*?)\[\[/{block}\]\]", re.DOTALL)
         text = pattern.sub((lambda m: m.group(1)) if keep[block] else "", text)
@@ -226,7 +243,7 @@ def build_messages(
     _check_field(dialogue_id, start, stop, utterances, len(labels), options)
     template = load_template(options.template)
     show_vad = options.include_vad and any(u.vad is not None for u in utterances)
-    keep = {"probs": options.include_probs, "vad": show_vad}
+
     values = {
         "dialogue": quote(dialogue_alias(dialogue_id)),
         "first": str(start),
@@ -241,7 +258,8 @@ def build_messages(
     messages = []
     for role, body in (("system", template.system), ("user", template.user)):
         try:
-            content = string.Template(_drop_blocks(body, keep, options.answer_format)).substitute(values)
+            body = _drop_blocks(body, options.include_probs, show_vad, options.answer_format)
+            content = string.Template(body).substitute(values)
         except (KeyError, ValueError) as exc:
             raise LanternError(f"prompt template {template.name!r}: bad placeholder ({exc})") from exc
         messages.append({"role": role, "content": content})
