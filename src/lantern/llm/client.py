@@ -443,7 +443,7 @@ class LLMClient:
             # per-request type transform of chat.completions.create (milliseconds of CPU each), and
             # comes back as raw bytes, checked here rather than trusted to the SDK's models.
             async with asyncio.timeout(self.timeout):
-                body = await self._replicas[replica].post("/chat/completions", cast_to=bytes, body=payload)
+                body = await self._replicas[replica].post("/chat/completions", cast_to=bytes, content=payload)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             self.stats.errors[f"http_{exc.status_code}"] += 1
             raise LLMAuthError(
