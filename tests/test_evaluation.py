@@ -73,6 +73,9 @@ def test_results_table_has_every_method_and_says_simulated(multi_seed):
     s = metrics["summary"]["attention"]["accuracy"]
     assert f"{s['mean']:.2f} ± {s['std']:.2f}" in rows[2]
     assert "[" in rows[2] and "—" in rows[0]
+    # The guard's decision per seed is part of every table, with the likelihoods it rests on.
+    assert table.count("kept the attention") + table.count("fell back to vanilla") == 3
+    assert set(metrics["guard"]) == {"seed-0", "seed-1", "seed-2"}
 
 
 def test_single_seed_run_and_real_llm(tmp_path):

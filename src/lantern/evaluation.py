@@ -179,7 +179,7 @@ def vad_quality(corpus: Corpus | None, predictions: list[Prediction]) -> dict[st
 
 
 def guard_record(run: RunDir) -> dict[str, Any] | None:
-    """The vanilla guard's decision for Lantern's method in a seed run (λ, ε and the NLL they rest on)."""
+    """The vanilla guard's decision for Lantern's method in a seed run (and the NLL it rests on)."""
     files = run.method(LANTERN)
     if not files.config.exists():
         return None
@@ -388,12 +388,12 @@ def _notes(metrics: dict[str, Any]) -> list[str]:
     guards = {name: g for name, g in (metrics.get("guard") or {}).items() if g}
     if guards:
         decisions = ", ".join(
-            f"{name} λ={g['lambda']:.2f} (dev held-out NLL vanilla {g['nll_vanilla']:.3f}, "
-            f"unguarded {g['nll_unguarded']:.3f}, guarded {g['nll_guarded']:.3f})"
+            f"{name} {'kept the attention' if g['kept'] else 'fell back to vanilla'} (dev held-out NLL "
+            f"vanilla {g['nll_vanilla']:.3f}, attention {g['nll_unguarded']:.3f}, gain "
+            f"{g['nll_gain']:+.3f} vs one standard error {g['standard_error']:.3f})"
             for name, g in guards.items()
         )
-        method = metrics.get("lantern_method")
-        out += ["", f"Vanilla guard of {method} (weight kept on the learned mixture): {decisions}"]
+        out += ["", f"Vanilla guard of {metrics.get('lantern_method')}: {decisions}"]
     vad = metrics.get("dev_vad")
     if vad:
         scores = ", ".join(f"{name} r {v['pearson']:.2f} / CCC {v['ccc']:.2f}" for name, v in vad.items())

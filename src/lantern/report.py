@@ -311,22 +311,22 @@ def write_report(run_dir: str | Path) -> Path:
     parts.append("<h2>Vanilla guard</h2>")
     if guards:
         parts.append(
-            "<p class='note'>Lantern's attention is shrunk toward the vanilla model by the weight λ kept on "
-            "the learned mixture, chosen per seed on held-out likelihood over dialogue folds of the fusion "
-            "training split (the smallest λ within one standard error of the best). The unguarded attention "
-            "is reported beside it.</p>"
+            "<p class='note'>Lantern's attention keeps its learned weighting only when, on held-out "
+            "dialogue folds of the fusion training split, its likelihood beats the vanilla model's by more "
+            "than one standard error; otherwise it is the vanilla model. The unguarded attention is "
+            "reported beside it.</p>"
         )
         rows = [
             [
                 name,
-                f"{g['lambda']:.2f}",
+                "attention" if g["kept"] else "vanilla",
                 f"{g['nll_vanilla']:.4f}",
                 f"{g['nll_unguarded']:.4f}",
-                f"{g['nll_guarded']:.4f}",
+                f"{g['nll_gain']:+.4f} ± {g['standard_error']:.4f}",
             ]
             for name, g in guards.items()
         ]
-        parts.append(_table(["seed", "λ", "NLL vanilla", "NLL unguarded", "NLL guarded"], rows))
+        parts.append(_table(["seed", "decision", "NLL vanilla", "NLL unguarded", "NLL gain ± SE"], rows))
     else:
         parts.append("<p class='note'>No guarded method in this run.</p>")
     vad = metrics.get("dev_vad")

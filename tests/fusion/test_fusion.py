@@ -223,7 +223,7 @@ def test_attention_with_a_useless_llm_stays_with_vanilla():
     vanilla = accuracy(METHODS["vanilla"]().fit(dev), test)
     # The guard: held-out likelihood says the LLM does not help, so Lantern shrinks to (nearly) vanilla.
     guard = model.selection_["guard"]
-    assert model.shrink_ <= 0.1 and guard["lambda"] == model.shrink_
+    assert model.shrink_ == 0.0 and guard["lambda"] == model.shrink_ and not guard["kept"]
     assert guard["nll_guarded"] <= guard["nll_vanilla"] and guard["nll_guarded"] <= guard["nll_unguarded"]
     assert model.attention_by_position(test)["vanilla"] > 0.9
     assert accuracy(model, test) >= vanilla - 0.01
@@ -236,7 +236,7 @@ def test_attention_with_a_useless_llm_stays_with_vanilla():
     assert accuracy(fitted("attention-llm", dev), test) < vanilla - 0.2
 
 
-def test_guard_shrinks_by_held_out_likelihood_with_a_one_standard_error_margin():
+def test_guard_keeps_the_weighting_only_beyond_a_one_standard_error_likelihood_margin():
     rng = np.random.default_rng(0)
     n, c = 600, 6
     labels = rng.integers(c, size=n)
@@ -246,15 +246,21 @@ def test_guard_shrinks_by_held_out_likelihood_with_a_one_standard_error_margin()
     p[np.arange(n), top] += 0.9  # an over-confident vanilla model, right ~70% of the time
     p /= p.sum(axis=1, keepdims=True)
     noise = rng.dirichlet(np.ones(c) * 0.3, size=n)
-    # A useless fused model (the vanilla answer mixed with noise): λ goes to vanilla, ε hedges alone.
-    lam, eps, record = crossval.shrinkage(0.7 * p + 0.3 * noise, p, labels, dialogues)
-    assert lam <= 0.1 and eps > 0 and record["nll_guarded"] <= record["nll_unguarded"]
-    # An informative one: its gain is many standard errors away, so it is kept (shrunk a little at most).
+    # A useless fused model (the vanilla answer mixed with noise): its hedging advantage is matched
+    # by smoothing vanilla (ε), so Lantern stays vanilla.
+    lam, eps, record = crossval.vanilla_guard(0.7 * p + 0.3 * noise, p, labels, dialogues)
+    assert lam == 0.0 and eps > 0 and not record["kept"]
+    assert record["nll_guarded"] == record["nll_vanilla"] <= record["nll_unguarded"]
+    # An informative one: its gain is many standard errors away, so it is kept whole.
     onehot = np.eye(c)[labels]
     good = 0.5 * p + 0.5 * (0.7 * onehot + 0.3 * noise)
-    lam, _, record = crossval.shrinkage(good, p, labels, dialogues)
-    assert lam >= 0.8 and record["nll_guarded"] < record["nll_vanilla"]
-    assert set(record) >= {"rule", "lambda", "epsilon", "nll_by_lambda", "accuracy_vanilla"}
+    lam, eps, record = crossval.vanilla_guard(good, p, labels, dialogues)
+    assert lam == 1.0 and eps == 0.0 and record["kept"]
+    assert record["nll_gain"] > 3 * record["standard_error"] and record["nll_guarded"] < record["nll_vanilla"]
+    # A small gain within one standard error is not distinguishable from noise: vanilla.
+    barely = 0.97 * p + 0.03 * (0.5 * onehot + 0.5 * noise)
+    lam, _, record = crossval.vanilla_guard(barely, p, labels, dialogues)
+    assert (lam == 1.0) == (record["nll_gain"] > record["standard_error"])
 
 
 def test_cv_selects_hyperparameters_on_the_training_set_only(reliable_last, monkeypatch):

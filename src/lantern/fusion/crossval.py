@@ -212,9 +212,9 @@ class SearchCV:
 
     **[ours]** Vanilla guard (``guard=True``, Lantern's ``attention``): the mixture cross-entropy
     rewards hedging, so against a useless LLM the optimum still mixes a little of it into p, which
-    flips a few close calls. The guard shrinks the fitted weights toward the vanilla candidate by a
-    factor chosen on held-out NLL over the same dialogue folds, with a one-standard-error margin
-    (:func:`shrinkage`; ``shrink_`` and ``smooth_`` on the fitted method).
+    flips a few close calls. The guard keeps the fitted weighting only when its held-out NLL over the
+    same dialogue folds beats vanilla's by a one-standard-error margin (:func:`vanilla_guard`;
+    ``shrink_`` and ``smooth_`` on the fitted method).
 
     ``fit(inputs)`` returns the refitted estimator, its ``selection_`` holding the CV table, the
     chosen point and the guard's decision.
@@ -272,7 +272,7 @@ class SearchCV:
         selection: dict[str, Any] = {"selected": chosen, "cv": cv.rows}
         if self.guard and cv.rows:
             held = cv.held_out[(chosen["hidden"], chosen["weight_decay"], chosen["epochs"])]
-            fitted.shrink_, fitted.smooth_, selection["guard"] = shrinkage(
+            fitted.shrink_, fitted.smooth_, selection["guard"] = vanilla_guard(
                 held, train.p, train.labels, train.dialogues
             )
         fitted.selection_ = selection
@@ -280,60 +280,57 @@ class SearchCV:
         return fitted
 
 
-SHRINK_GRID = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 21))
 SMOOTH_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
-def shrinkage(
+def vanilla_guard(
     held_out: np.ndarray, p: np.ndarray, labels: np.ndarray, dialogues: Sequence[str]
 ) -> tuple[float, float, dict[str, Any]]:
-    """The vanilla guard: λ and ε of ``λ·fused + (1 − λ)·((1 − ε)·vanilla + ε/C)``, chosen on
-    held-out likelihood.
+    """The vanilla guard: keep the learned weighting only when its held-out likelihood beats the
+    vanilla model's by more than one standard error.
 
-    ``held_out`` ``(n, C)`` holds each utterance fused by a model that did not learn its dialogue.
-    For each λ, ε is the smoothing with the lowest held-out NLL (it lets the vanilla side hedge by
-    itself and never changes vanilla's argmax: an over-confident vanilla model would otherwise make
-    mixing in a useless LLM look good, because any mixing hedges). Then the one-standard-error
-    rule: the smallest λ whose NLL is within one dialogue-clustered standard error of the best λ's.
-    A useless LLM's small, noisy advantage stays within that margin, so λ goes to 0 (vanilla); a
-    real gain sits many standard errors away, so λ stays near 1 and is shrunk, never switched off
-    by chance. Returns λ, ε and a record of the choice for the run's files.
+    ``held_out`` ``(n, C)`` holds each utterance fused by a model that did not learn its dialogue;
+    the vanilla side may hedge toward uniform by the ε with its lowest held-out NLL (it never changes
+    vanilla's argmax: an over-confident vanilla model would otherwise make any mixture, even with a
+    useless LLM, look better, because mixing hedges). The margin is the dialogue-clustered standard
+    error of the per-utterance NLL difference: a useless LLM's small, noisy advantage stays within
+    it, so Lantern stays vanilla; a real gain sits many standard errors away, so it is kept whole.
+    The choice is all or nothing on purpose: mixing some vanilla back into a better fused model
+    flips its close calls toward vanilla, which costs accuracy for a flat likelihood.
+
+    Returns (weight kept on the learned mixture: 1 or 0, ε for the vanilla share, the record).
     """
     rows = np.arange(len(labels))
     n_classes = p.shape[1]
     fused, vanilla = held_out[rows, labels], p[rows, labels]
-    groups = np.unique(np.asarray(dialogues), return_inverse=True)[1]
 
-    def losses(lam: float, eps: float) -> np.ndarray:
-        mixed = lam * fused + (1.0 - lam) * ((1.0 - eps) * vanilla + eps / n_classes)
-        return -np.log(np.maximum(mixed, 1e-8))
+    def vanilla_nll(eps: float) -> np.ndarray:
+        return -np.log(np.maximum((1.0 - eps) * vanilla + eps / n_classes, 1e-8))
 
-    per_lambda = {}
-    for lam in SHRINK_GRID:
-        eps = min(SMOOTH_GRID, key=lambda e: float(losses(lam, e).mean()))
-        per_lambda[lam] = (eps, losses(lam, eps))
-    best = min(SHRINK_GRID, key=lambda lam: (float(per_lambda[lam][1].mean()), -lam))
-    reference = per_lambda[best][1]
-
-    def standard_error(lam: float) -> float:
-        diff = np.bincount(groups, weights=per_lambda[lam][1] - reference)  # per dialogue
-        n_groups = len(diff)
-        return float(np.sqrt(n_groups) * diff.std(ddof=1) / len(labels)) if n_groups > 1 else 0.0
-
-    margin = {lam: float(per_lambda[lam][1].mean() - reference.mean()) for lam in SHRINK_GRID}
-    lam = min(x for x in SHRINK_GRID if margin[x] <= standard_error(x))
-    eps = per_lambda[lam][0]
+    eps = min(SMOOTH_GRID, key=lambda e: float(vanilla_nll(e).mean()))
+    base, learned = vanilla_nll(eps), -np.log(np.maximum(fused, 1e-8))
+    gain = float(base.mean() - learned.mean())
+    per_dialogue = np.bincount(
+        np.unique(np.asarray(dialogues), return_inverse=True)[1], weights=base - learned
+    )
+    n_groups = len(per_dialogue)
+    standard_error = (
+        float(np.sqrt(n_groups) * per_dialogue.std(ddof=1) / len(labels)) if n_groups > 1 else np.inf
+    )
+    keep = gain > standard_error
     record = {
-        "rule": "smallest lambda whose held-out NLL of lambda*fused + (1-lambda)*((1-eps)*vanilla + eps/C) "
-        "is within one dialogue-clustered standard error of the best lambda's (dialogue folds)",
-        "lambda": lam,
+        "rule": "keep the learned weighting iff its held-out NLL beats the vanilla model's (smoothed by "
+        "epsilon) by more than one dialogue-clustered standard error, over dialogue folds",
+        "kept": bool(keep),
+        "lambda": 1.0 if keep else 0.0,
         "epsilon": eps,
-        "lambda_best_nll": best,
-        "nll_vanilla": round(float(per_lambda[0.0][1].mean()), 6),
-        "nll_unguarded": round(float(losses(1.0, 0.0).mean()), 6),
-        "nll_guarded": round(float(per_lambda[lam][1].mean()), 6),
+        "nll_vanilla": round(float(base.mean()), 6),
+        "nll_unguarded": round(float(learned.mean()), 6),
+        "nll_gain": round(gain, 6),
+        "standard_error": round(standard_error, 6),
+        "nll_guarded": round(float(learned.mean() if keep else base.mean()), 6),
         "accuracy_vanilla": round(float((p.argmax(axis=1) == labels).mean()), 6),
         "accuracy_unguarded": round(float((held_out.argmax(axis=1) == labels).mean()), 6),
-        "nll_by_lambda": {str(x): round(float(per_lambda[x][1].mean()), 6) for x in SHRINK_GRID},
+        "dialogues": n_groups,
     }
-    return float(lam), float(eps), record
+    return (1.0 if keep else 0.0), (0.0 if keep else eps), record

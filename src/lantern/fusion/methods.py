@@ -13,8 +13,8 @@ weights are found (METHOD.md §4):
   β_i = sigmoid(uᵀ[p_i; d_i] + u₀) a learned gate;
 - ``attention`` (Lantern's default): additive attention over the candidates, the vanilla
   distribution p_i being one more candidate with its own position embedding, so a useless LLM can
-  be ignored (:class:`lantern.fusion.scorers.AttentionScorer`), then the vanilla guard: shrinkage
-  toward vanilla by a factor chosen on held-out likelihood (:class:`SearchCV`);
+  be ignored (:class:`lantern.fusion.scorers.AttentionScorer`), then the vanilla guard: the learned
+  weighting is kept only if its held-out likelihood beats vanilla's by a margin (:class:`SearchCV`);
 - ``attention-unguarded``: the same attention without the guard, reported beside it;
 - ``attention-llm``: the paper-literal variant, attention over the t LLM answers only.
 
@@ -166,9 +166,9 @@ class TrainedFusion(FusionMethod):
     in each field, not only its position b).
 
     ``shrink_`` and ``smooth_`` are set by model selection's vanilla guard (:class:`SearchCV`): the
-    fitted weights are ``shrink_ · w + (1 − shrink_) · vanilla`` (1: the learned weights as they
-    are), and the vanilla share is smoothed toward uniform by ``smooth_`` (calibration only: it
-    never changes which class vanilla ranks first).
+    fitted weights are ``shrink_ · w + (1 − shrink_) · vanilla`` (the guard sets 1, the learned
+    weights as they are, or 0, vanilla alone), and the vanilla share is smoothed toward uniform by
+    ``smooth_`` (calibration only: it never changes which class vanilla ranks first).
     """
 
     trained = True
