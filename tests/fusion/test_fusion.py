@@ -10,7 +10,7 @@ import pytest
 from lantern.answers import FieldAnswer, UtteranceAnswer
 from lantern.fields import FieldSpec
 from lantern.fusion import METHODS, FusionMethod, SearchCV, build_inputs, crossval, fuse_run, make_method
-from lantern.predictions import read_predictions
+from lantern.predictions import read_predictions, write_predictions
 from lantern.rundir import RunDir
 from lantern.testing.runs import (
     dialogue_sizes,
@@ -367,3 +367,25 @@ def test_guarded_and_unguarded_attention_share_one_fit(tmp_path, monkeypatch):
     unguarded = FusionMethod.load(run.method("attention-unguarded").dir)
     assert unguarded.shrink_ == 1.0 and unguarded.selection_["selected"] == guarded.selection_["selected"]
     assert "guard" in guarded.selection_ and "guard" not in unguarded.selection_
+
+
+def test_fusion_refuses_answers_made_from_other_predictions_or_settings(tmp_path):
+    run = make_fused_run(tmp_path, n_dev=6, n_test=6)
+    fuse_run(run.root, ["uniform"])
+    # The vanilla model was retrained (its dev predictions changed) after the LLM stage.
+    predictions = read_predictions(run.predictions("dev"))
+    predictions[0].probs = list(reversed(predictions[0].probs))
+    write_predictions(run.predictions("dev"), predictions)
+    with pytest.raises(ValueError, match="prompted with other vanilla predictions"):
+        fuse_run(run.root, ["uniform"])
+    # Answers of one split remade with another stride: the other split's answers are stale.
+    run2 = make_fused_run(tmp_path / "b", n_dev=6, n_test=6)
+    write_answers(run2, ["test"], spec=FieldSpec(stride=2, t=3))
+    with pytest.raises(ValueError, match=r"answers-dev\.jsonl: not made with the current LLM settings"):
+        fuse_run(run2.root, ["uniform"])
+    # An answers file edited by hand.
+    run3 = make_fused_run(tmp_path / "c", n_dev=6, n_test=6)
+    path = run3.answers("test")
+    path.write_text(path.read_text().replace('"ok"', '"ok" ', 1))
+    with pytest.raises(ValueError, match="changed since the LLM stage wrote it"):
+        fuse_run(run3.root, ["uniform"])

@@ -446,3 +446,19 @@ def test_a_lock_left_by_a_killed_prompt_blocks_nobody(tmp_path):
     assert RunDir(run).llm.lock.exists()
     with running_test_server() as url:
         assert run_llm_stage(run, config(url), ["test"], progress=False).complete
+
+
+def test_answers_of_another_setting_are_dropped_from_the_settings_record(tmp_path, fresh):
+    run = make_run(tmp_path, [("dev", 9), ("test", 9)])
+    run_llm_stage(run, config(fresh), ["dev", "test"], progress=False)
+    assert set(settings_of(run).splits) == {"dev", "test"}
+    # The same settings again for one split keep the other split's record ...
+    run_llm_stage(run, config(fresh), ["test"], progress=False)
+    assert set(settings_of(run).splits) == {"dev", "test"}
+    # ... other settings drop it: dev's answers were made with stride 4, no longer current.
+    other = LLMConfig(fields=FieldSpec(2, T), endpoint=config(fresh).endpoint)
+    run_llm_stage(run, other, ["test"], progress=False)
+    assert set(settings_of(run).splits) == {"test"} and settings_of(run).stride == 2
+    files = RunDir(run)
+    with pytest.raises(ValueError, match="not made with the current LLM settings"):
+        settings_of(run).check("dev", files.predictions("dev"), files.answers("dev"))
