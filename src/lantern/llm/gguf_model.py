@@ -14,21 +14,26 @@ same either way up to float rounding). One sequence at a time: the caller serial
 
 Before each sequence the thread count is set from the cores free right now
 (:class:`lantern.cores.CoreBudget`), unless fixed with ``threads``.
+
+``dtype="auto"`` runs the model in bfloat16 where the CPU multiplies bfloat16 in hardware
+(AVX512-BF16 or AMX), in float32 elsewhere (emulated bfloat16 is slower than float32). On two cores
+of such a Xeon bfloat16 took a Lantern request from 4.9-5.8 s to 2.4-3.0 s (logprobs answers) and
+from 15-16 s to 8.5-9 s (probs answers); 10 of 12 greedy answers were the same as in float32, the
+label log-probabilities within 0.13 (0.012 on average) — differences of the size llama.cpp's
+quantised arithmetic makes too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
+import inspect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from lantern.cores import CoreBudget
-
-log = logging.getLogger(__name__)
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -103,30 +108,49 @@ class ChatTokenizer:
         return self._bytes[token]
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (PyTorch's own checks; False where absent)."""
+    checks = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(check is not None and check() for check in checks)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a :data:`DTYPES` name."""
+    if name == "auto":
+        return torch.bfloat16 if native_bfloat16() else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
 class GGUFModel:
-    """The model, its tokenizer and the KV cache of the last sequence run."""
+    """A causal language model (transformers), its tokenizer (:class:`ChatTokenizer` or alike) and
+    the KV cache of the last sequence run; :meth:`load` reads one from a GGUF file."""
 
     def __init__(
         self,
-        path: Path,
+        model,  # a transformers PreTrainedModel with a decoder and output embeddings
+        tokenizer: ChatTokenizer,
         *,
         cores: CoreBudget | None = None,
         threads: int | None = None,
         prefix_cache: bool = True,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         self.cores = cores or CoreBudget()
         self.fixed_threads = threads
         self.prefix_cache = prefix_cache
-        with _parse_once():
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        self.tokenizer = ChatTokenizer(tokenizer)
+        self.tokenizer = tokenizer
         self.model = model.eval()
+        self.dtype = next(model.parameters()).dtype
         self.body = model.get_decoder()
+        # transformers 5 renamed the decoder's past_key_values argument to cache
+        parameters = inspect.signature(self.body.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         head = model.get_output_embeddings()
         self.head_weight = head.weight.detach()
         self.head_bias = head.bias.detach() if getattr(head, "bias", None) is not None else None
@@ -137,6 +161,18 @@ class GGUFModel:
         self._cache = None
         self._ids: list[int] = []  # the tokens whose keys and values are in the cache
         self.threads = 1
+
+    @classmethod
+    def load(cls, path: Path, *, dtype: str = "auto", **options) -> GGUFModel:
+        """The model and tokenizer of a GGUF file (``options``: those of the constructor)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        with _parse_once():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        return cls(model.to(resolve_dtype(dtype)), ChatTokenizer(tokenizer), **options)
 
     def start(self, prompt: Sequence[int]) -> tuple[_Sequence, int]:
         """A sequence continuing ``prompt``, and how many of its tokens come from the cache."""
@@ -160,7 +196,8 @@ class GGUFModel:
         """Extend the cached sequence by ``ids``; the last position's hidden state."""
         try:
             with torch.inference_mode():
-                out = self.body(input_ids=torch.tensor([ids]), past_key_values=self._cache, use_cache=True)
+                cache = {self._cache_argument: self._cache}
+                out = self.body(input_ids=torch.tensor([ids]), use_cache=True, **cache)
         except BaseException:
             self._ids, self._cache = [], None  # the cache may hold part of the run
             raise

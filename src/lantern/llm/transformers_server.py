@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from lantern.cores import CoreBudget
+from lantern.llm.decoding import Sampler, Step, generate_free, generate_planned
+from lantern.llm.gguf_model import DTYPES, GGUFModel
+from lantern.llm.json_plan import TokenPlanner, UnsupportedSchema, compile_schema
 
 log = logging.getLogger("lantern.llm.transformers_server")
 
@@ -158,9 +161,7 @@ def parse_request(body: object) -> ChatRequest:
 class ChatEngine:
     """Requests to completions on one model, one at a time."""
 
-    def __init__(self, model, alias: str, n_ctx: int) -> None:  # model: a GGUFModel
-        from lantern.llm.json_plan import TokenPlanner
-
+    def __init__(self, model: GGUFModel, alias: str, n_ctx: int) -> None:
         self.model = model
         self.alias = alias
         self.n_ctx = n_ctx
@@ -169,9 +170,6 @@ class ChatEngine:
 
     def complete(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completion body answering ``request``; BadRequest for what it cannot honour."""
-        from lantern.llm.decoding import Sampler, generate_free, generate_planned
-        from lantern.llm.json_plan import UnsupportedSchema, compile_schema
-
         tokenizer = self.model.tokenizer
         plan = None
         if request.schema is not None:
@@ -230,7 +228,7 @@ class ChatEngine:
         raw = self.model.tokenizer.token_bytes(token)
         return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
-    def _logprob(self, step) -> dict[str, Any]:  # step: lantern.llm.decoding.Step
+    def _logprob(self, step: Step) -> dict[str, Any]:
         entry = self._entry(step.token, step.logprob)
         entry["top_logprobs"] = [self._entry(t, lp) for t, lp in step.top]
         return entry
@@ -300,15 +298,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, help="fixed thread count (default: the cores free at each request)")
     p.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt in full")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="auto: bfloat16 where the CPU computes it in hardware, else float32",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' loading bars would fill the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cores = CoreBudget()  # before loading, so the loading counts as this process's own load
-    from lantern.llm.gguf_model import GGUFModel
-
     started = time.monotonic()
-    model = GGUFModel(args.model, cores=cores, threads=args.threads, prefix_cache=not args.no_prefix_cache)
-    log.info("loaded %s in %.1fs", args.model, time.monotonic() - started)
+    model = GGUFModel.load(
+        args.model, dtype=args.dtype, cores=cores, threads=args.threads, prefix_cache=not args.no_prefix_cache
+    )
+    log.info("loaded %s (%s) in %.1fs", args.model, model.dtype, time.monotonic() - started)
     engine = ChatEngine(model, args.alias, args.n_ctx)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(engine))
     server.daemon_threads = True
