@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -305,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: bfloat16 where the CPU computes it in hardware, else float32",
     )
     args = p.parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' loading bars would fill the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cores = CoreBudget()  # before loading, so the loading counts as this process's own load
     started = time.monotonic()
