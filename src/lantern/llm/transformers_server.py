@@ -170,22 +170,22 @@ class ChatEngine:
     def complete(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completion body answering ``request``; BadRequest for what it cannot honour."""
         tokenizer = self.model.tokenizer
-        plan = None
-        if request.schema is not None:
-            try:
-                plan = self.planner.plan(compile_schema(request.schema))
-            except UnsupportedSchema as exc:
-                raise BadRequest(str(exc), "response_format") from None
-        prompt = tokenizer.chat(request.messages)
-        if len(prompt) >= self.n_ctx:
-            raise BadRequest(
-                f"the prompt has {len(prompt)} tokens; this model's context is {self.n_ctx}", "messages"
-            )
-        room = self.n_ctx - len(prompt)
-        max_tokens = min(request.max_tokens or room, room)
-        top_k = request.top_logprobs or 0
-        sampler = Sampler(request.temperature, request.seed)
-        with self.lock:
+        with self.lock:  # the tokenizer's, the planner's and the model's caches are one request's at a time
+            plan = None
+            if request.schema is not None:
+                try:
+                    plan = self.planner.plan(compile_schema(request.schema))
+                except UnsupportedSchema as exc:
+                    raise BadRequest(str(exc), "response_format") from None
+            prompt = tokenizer.chat(request.messages)
+            if len(prompt) >= self.n_ctx:
+                raise BadRequest(
+                    f"the prompt has {len(prompt)} tokens; this model's context is {self.n_ctx}", "messages"
+                )
+            room = self.n_ctx - len(prompt)
+            max_tokens = min(request.max_tokens or room, room)
+            top_k = request.top_logprobs or 0
+            sampler = Sampler(request.temperature, request.seed)
             started = time.monotonic()
             sequence, cached = self.model.start(prompt)
             if plan is None:
@@ -193,14 +193,16 @@ class ChatEngine:
             else:
                 generation = generate_planned(sequence, plan, sampler, max_tokens, top_k)
             seconds = time.monotonic() - started
+            text = b"".join(tokenizer.token_bytes(s.token) for s in generation.steps).decode(
+                "utf-8", "replace"
+            )
+            logprobs = None
+            if request.top_logprobs is not None:
+                logprobs = {"content": [self._logprob(s) for s in generation.steps], "refusal": None}
         log.info(
             "chat completion: %d prompt tokens (%d from the cache), %d generated, %s, %.2fs, %d threads",
             len(prompt), cached, len(generation.steps), generation.finish_reason, seconds, self.model.threads,
         )  # fmt: skip
-        text = b"".join(tokenizer.token_bytes(s.token) for s in generation.steps).decode("utf-8", "replace")
-        logprobs = None
-        if request.top_logprobs is not None:
-            logprobs = {"content": [self._logprob(s) for s in generation.steps], "refusal": None}
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
