@@ -6,12 +6,14 @@ utterances with synthetic text, reference probabilities and VAD, IEMOCAP's six c
 answer format's schema in the form the backend is asked for (``DEFAULT_MODE``), ``temperature`` 0,
 one request at a time, as the LLM stage sends them. Variants: the transformers backend as shipped
 (prefix cache, dtype auto, threads from the free cores), without the prefix cache, in float32, and
-llama.cpp's server (where llama-cpp-python is importable); ``--busy`` repeats transformers and
-llama.cpp with one process spinning on a core beside them (transformers with its free-core threads
-and with threads fixed at every core, as llama.cpp has). Every row records the load average at its
-start; the first request of a server (nothing cached) is reported apart from the rest.
+llama.cpp's server (where llama-cpp-python is importable); the ``-busy`` variants repeat them with
+one process spinning on a core beside (transformers with its free-core threads and with threads
+fixed at every core, llama.cpp with every core, its default, and with one). Every row records the
+load average at its start; the first request of a server (nothing cached but what the server
+started with) is reported apart from the rest. Results are written after each variant.
 
-    python bench/local_llm.py --fields 6 --formats probs,logprobs --busy --out bench/results/local_llm.json
+    python bench/local_llm.py --fields 6 --formats probs,logprobs --out bench/results/local_llm.json
+    python bench/local_llm.py --variants tf,llama --timeout 300
 """
 
 from __future__ import annotations
@@ -116,14 +118,26 @@ def busy_core(active: bool) -> Iterator[None]:
         spinner.wait()
 
 
-def run_variant(name: str, backend: str, extra: list[str], env_extra: dict, formats: list[str], n: int,
-                busy: bool, log_dir: Path) -> dict:  # fmt: skip
+# key: (description, backend, extra server options, n_threads for server_command, a busy process beside)
+VARIANTS: dict[str, tuple[str, str, list[str], int | None, bool]] = {
+    "tf": ("transformers", "transformers", [], None, False),
+    "tf-nocache": ("transformers, no prefix cache", "transformers", ["--no-prefix-cache"], None, False),
+    "tf-fp32": ("transformers, float32", "transformers", ["--dtype", "float32"], None, False),
+    "llama": ("llama.cpp", "llamacpp", [], None, False),
+    "tf-busy": ("transformers, busy", "transformers", [], None, True),
+    "tf-allcores-busy": ("transformers, threads = all cores, busy", "transformers", [], os.cpu_count(), True),
+    "llama-busy": ("llama.cpp, busy", "llamacpp", [], None, True),
+    "llama-1thread-busy": ("llama.cpp, 1 thread, busy", "llamacpp", [], 1, True),
+}
+
+
+def run_variant(key: str, formats: list[str], n: int, timeout: float, log_dir: Path) -> dict:
+    name, backend, extra, threads, busy = VARIANTS[key]
     print(f"{name}:", flush=True)
-    command = server_command(find_local_model(), free_port(), backend=backend) + extra
-    env = {**os.environ, **env_extra}
+    command = server_command(find_local_model(), free_port(), backend=backend, n_threads=threads) + extra
     mode = DEFAULT_MODE[SERVER_KINDS[backend]]
     rows: dict[str, dict] = {}
-    with busy_core(busy), serving(command, env, log_dir / f"{name.replace(' ', '_')}.log") as url:
+    with busy_core(busy), serving(command, dict(os.environ), log_dir / f"{key}.log") as url:
         for fmt in formats:
             f = answer_format(fmt)
             seconds, usage, finishes, valid, load = [], [], [], 0, os.getloadavg()[0]
@@ -131,7 +145,12 @@ def run_variant(name: str, backend: str, extra: list[str], env_extra: dict, form
                 body = {"model": LOCAL_MODEL_NAME, "messages": messages, **params}
                 body["response_format"] = response_format(mode, f.schema(indices, IEMOCAP6.classes))
                 started = time.monotonic()
-                reply = httpx.post(url + "/chat/completions", json=body, timeout=900)
+                try:
+                    reply = httpx.post(url + "/chat/completions", json=body, timeout=timeout)
+                except httpx.TimeoutException:
+                    print(f"  {fmt}: a request took over {timeout:.0f}s; the rest of this format is skipped")
+                    seconds.append(None)
+                    break
                 seconds.append(time.monotonic() - started)
                 reply.raise_for_status()
                 data = reply.json()
@@ -141,10 +160,13 @@ def run_variant(name: str, backend: str, extra: list[str], env_extra: dict, form
                     valid += not f.parse(text, logprobs, indices, IEMOCAP6.classes).errors
                 usage.append(data.get("usage") or {})
                 finishes.append(data["choices"][0].get("finish_reason"))
+            done = [s for s in seconds if s is not None]
             rows[fmt] = {
-                "first_s": round(seconds[0], 3),
-                "warm_mean_s": round(statistics.mean(seconds[1:]), 3),
-                "seconds": [round(s, 3) for s in seconds],
+                "first_s": round(done[0], 3) if done else None,
+                "warm_mean_s": round(statistics.mean(done[1:]), 3)
+                if len(done) > 1 and None not in seconds
+                else None,
+                "seconds": [None if s is None else round(s, 3) for s in seconds],
                 "prompt_tokens": [u.get("prompt_tokens") for u in usage],
                 "cached_tokens": [(u.get("prompt_tokens_details") or {}).get("cached_tokens") for u in usage],
                 "completion_tokens": [u.get("completion_tokens") for u in usage],
@@ -152,62 +174,50 @@ def run_variant(name: str, backend: str, extra: list[str], env_extra: dict, form
                 "fully_valid_answers": valid,
                 "load_at_start": round(load, 2),
             }
-            print(f"  {fmt}: first {seconds[0]:.2f}s, then {rows[fmt]['warm_mean_s']:.2f}s per request "
-                  f"({valid}/{n} fully valid; load {load:.2f})", flush=True)  # fmt: skip
-    return {"backend": backend, "options": extra, "busy_process_beside": busy, "formats": rows}
+            print(f"  {fmt}: {rows[fmt]['seconds']} s ({valid} fully valid; load {load:.2f})", flush=True)
+    return {"variant": name, "backend": backend, "options": extra, "n_threads": threads,
+            "busy_process_beside": busy, "formats": rows}  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fields", type=int, default=6, help="requests per format and variant (default 6)")
     p.add_argument("--formats", default="probs,logprobs")
-    p.add_argument("--busy", action="store_true", help="also measure with one busy process beside")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
     p.add_argument("--out", type=Path, default=Path("bench/results/local_llm.json"))
     args = p.parse_args()
     formats = args.formats.split(",")
-    have_llama = importlib.util.find_spec("llama_cpp") is not None
-    variants = [
-        ("transformers", "transformers", [], {}, False),
-        ("transformers, no prefix cache", "transformers", ["--no-prefix-cache"], {}, False),
-        ("transformers, float32", "transformers", ["--dtype", "float32"], {}, False),
+    keys = [
+        k
+        for k in args.variants.split(",")
+        if VARIANTS[k][1] != "llamacpp" or importlib.util.find_spec("llama_cpp")
     ]
-    if have_llama:
-        variants.append(("llama.cpp", "llamacpp", [], {}, False))
-    if args.busy:
-        variants.append(("transformers, busy", "transformers", [], {}, True))
-        variants.append(
-            (
-                "transformers, threads fixed, busy",
-                "transformers",
-                ["--threads", str(os.cpu_count())],
-                {},
-                True,
-            )
-        )
-        if have_llama:
-            variants.append(("llama.cpp, busy", "llamacpp", [], {}, True))
     log_dir = args.out.with_suffix(".logs")
     log_dir.mkdir(parents=True, exist_ok=True)
-    results = {name: run_variant(name, backend, extra, env, formats, args.fields, busy, log_dir)
-               for name, backend, extra, env, busy in variants}  # fmt: skip
-    base = results["transformers"]["formats"]
-    print("\nwarm seconds per request, and ratio to the transformers backend as shipped:")
-    for name, result in results.items():
-        cells = [f"{fmt} {r['warm_mean_s']:.2f}s ({r['warm_mean_s'] / base[fmt]['warm_mean_s']:.2f}x)"
-                 for fmt, r in result["formats"].items()]  # fmt: skip
-        print(f"  {name:36s} " + ", ".join(cells))
-    args.out.write_text(
-        json.dumps(
-            {
-                "bench": "bench/local_llm.py",
-                "argv": sys.argv[1:],
-                "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                "fields_per_format": args.fields,
-                "results": results,
-            },
-            indent=2,
-        )
-    )
+    results: dict[str, dict] = {}
+    for key in keys:  # written after every variant: a long run keeps what it measured
+        results[key] = run_variant(key, formats, args.fields, args.timeout, log_dir)
+        payload = {
+            "bench": "bench/local_llm.py",
+            "argv": sys.argv[1:],
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "fields_per_format": args.fields,
+            "results": results,
+        }
+        args.out.write_text(json.dumps(payload, indent=2))
+    if "tf" in results:
+        base = results["tf"]["formats"]
+        print("\nwarm seconds per request, and ratio to the transformers backend as shipped:")
+        for result in results.values():
+            cells = []
+            for fmt, r in result["formats"].items():
+                warm, reference = r["warm_mean_s"], base[fmt]["warm_mean_s"]
+                ratio = f"{warm / reference:.2f}x" if warm and reference else "n/a"
+                cells.append(f"{fmt} {warm if warm is not None else 'timed out'}s ({ratio})")
+            print(f"  {result['variant']:40s} " + ", ".join(cells))
     print(f"\nwrote {args.out}")
 
 
