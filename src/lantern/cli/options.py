@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from lantern.fields import FieldSpec
-from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.config import LOCAL_BACKENDS, Endpoint, LLMConfig
 from lantern.llm.prompt import ANSWER_FORMATS, PromptOptions
 
 _ENDPOINT_DEFAULTS = {f.name: f.default for f in fields(Endpoint)}
@@ -111,6 +111,7 @@ def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--local-model", metavar="GGUF", help="GGUF file for the embedded server (default: SmolLM2)"
     )
+    add_local_backend_argument(p)
     p.add_argument(
         "--server-kind", help="openai, vllm, llamacpp, ollama, other (picks the structured-output mode)"
     )
@@ -154,6 +155,15 @@ def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_local_backend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--local-backend",
+        choices=LOCAL_BACKENDS,
+        help="what serves the embedded model: transformers (no compiler) or llama.cpp (the 'llamacpp' "
+        "extra); auto, the default, takes llama.cpp where it is installed",
+    )
+
+
 def add_field_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stride", type=positive_int, help=f"receptive-field stride s (default {_FIELD_DEFAULTS.stride})"
@@ -183,6 +193,7 @@ def endpoint_from_args(args: argparse.Namespace, base: Endpoint | None = None) -
     for name in (
         "model",
         "local_model",
+        "local_backend",
         "server_kind",
         "response_format",
         "api_key_env",

@@ -19,14 +19,16 @@ from lantern.llm.prompt import PromptOptions
 from lantern.llm.redact import public_url
 from lantern.rundir import LLMSettings
 
-LOCAL_SERVER_KIND = "llamacpp"
 REMOTE_SERVER_KIND = "openai"
+# The embedded server's backends (lantern.llm.local.BACKENDS, which imports more than a config may).
+LOCAL_BACKENDS = ("auto", "transformers", "llamacpp")
 
 
 @dataclass
 class Endpoint:
     """Who answers and how: ``base_urls`` empty means the embedded local model (``local_model``, or
-    the packaged SmolLM2), started for the stage and stopped after it.
+    the packaged SmolLM2), served by ``local_backend`` (``auto``, ``transformers``, ``llamacpp``:
+    :data:`lantern.llm.local.BACKENDS`), started for the stage and stopped after it.
 
     ``server_kind`` picks the structured-output mode (``answers.DEFAULT_MODE``) unless
     ``response_format`` names one. ``api_key_env`` names the environment variable holding the key (a
@@ -43,6 +45,7 @@ class Endpoint:
     response_format: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     local_model: str | None = None
+    local_backend: str | None = None
     concurrency: int = 4
     rpm: float | None = None
     tpm: float | None = None
@@ -75,6 +78,10 @@ class Endpoint:
                 )
             for value in pair:
                 _positive_number(f"prices[{model!r}]", value, allow_zero=True)
+        if self.local_backend not in (None, *LOCAL_BACKENDS):
+            raise LanternError(
+                f"local_backend must be one of {', '.join(LOCAL_BACKENDS)}, got {self.local_backend!r}"
+            )
         if self.base_urls and not self.model:
             raise LanternError("a model name is required with a base URL (--model)")
 
@@ -90,6 +97,8 @@ class Endpoint:
             "server_kind": self.server_kind,
             "response_format": self.response_format,
             "local_model": self.local_model if self.local else None,
+            # Only when chosen, so the runs made before there was a choice keep their identity.
+            **({"local_backend": self.local_backend} if self.local and self.local_backend else {}),
         }
 
 

