@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         metavar="NAME",
-        help="training recipe: corect, sdt-iemocap, sdt-meld, quick (default: the model's published one)",
+        help="training recipe: corect, sdt-iemocap, sdt-meld, corect-meld-text, sdt-meld-text, quick "
+        "(default: the text recipe chosen on MELD dev for a text-only MELD/EmoryNLP corpus, else the "
+        "model's published one)",
     )
     p.add_argument("--epochs", type=positive_int, metavar="N")
     p.add_argument("--seed", type=int, metavar="S")
@@ -120,7 +122,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lantern.training import train_run
+    from lantern.training import PRESET_NOTES, train_run
 
     modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
     summary = train_run(
@@ -138,6 +140,8 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
     )
     dev = summary["dev"]
+    chosen = "the default for this corpus" if summary["preset_source"] == "default" else "as asked"
+    print(f"recipe {summary['preset']} ({chosen}): {PRESET_NOTES[summary['preset']]}")
     print(
         f"trained {summary['model']} ({summary['preset']}): best dev epoch {summary['best_epoch']}, "
         f"accuracy {dev['accuracy']:.2f}, weighted F1 {dev['weighted_f1']:.2f}; "
