@@ -46,8 +46,10 @@ IEMOCAP6_PRIORS = (0.0867, 0.1444, 0.2279, 0.1606, 0.1277, 0.2527)
 
 
 # How the classification loss weighs each class: not at all, by 1/prior, or by 1/√prior (a milder
-# correction for skewed corpora such as MELD, where 1/prior trades much neutral recall for rare classes).
-CLASS_WEIGHTS = ("none", "inverse_prior", "sqrt_inverse_prior")
+# correction for skewed corpora such as MELD, where 1/prior trades much neutral recall for rare
+# classes): the power of 1/prior, by name.
+CLASS_WEIGHT_POWERS: dict[str, float | None] = {"none": None, "inverse_prior": 1.0, "sqrt_inverse_prior": 0.5}
+CLASS_WEIGHTS = tuple(CLASS_WEIGHT_POWERS)
 
 
 @dataclass
@@ -226,7 +228,7 @@ def loss_class_weights(
     config: TrainConfig, labels: LabelSet, train: Sequence[Dialogue]
 ) -> torch.Tensor | None:
     """The class weights ``config.class_weights`` names (None for "none")."""
-    power = {"none": None, "inverse_prior": 1.0, "sqrt_inverse_prior": 0.5}[config.class_weights]
+    power = CLASS_WEIGHT_POWERS[config.class_weights]
     return None if power is None else class_weight_tensor(labels, train, power)
 
 

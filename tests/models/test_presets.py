@@ -10,6 +10,7 @@ import torch
 
 from lantern import training
 from lantern.cli import main
+from lantern.cli.models import CLASS_WEIGHT_CHOICES
 from lantern.corpus.native import save_corpus
 from lantern.errors import LanternError
 from lantern.labels import EMORYNLP7, IEMOCAP4, IEMOCAP6, MELD7, MELD_SENTIMENT, LabelSet
@@ -17,6 +18,7 @@ from lantern.models.registry import build_model, config_for_corpus
 from lantern.testing.runs import dialogue_sizes
 from lantern.testing.runs import make_corpus as make_labelled_corpus
 from lantern.training import (
+    CLASS_WEIGHTS,
     PRESET_NOTES,
     PRESETS,
     class_weight_tensor,
@@ -97,6 +99,21 @@ def test_train_cli_says_which_recipe_it_used(tmp_path, capsys):
         assert main([*argv, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "recipe corect-meld-text (the default for this corpus): text-only CORECT" in out
+
+
+def test_train_cli_passes_class_weights_and_patience(tmp_path):
+    corpus_dir = save_corpus(friends_corpus(MELD7, {"t": 8}), tmp_path / "corpus")
+    argv = ["train", "--corpus", str(corpus_dir), "--model", "sdt", "--out", str(tmp_path / "run")]
+    argv += ["--preset", "quick", "--epochs", "1", "--class-weights", "sqrt_inverse_prior", "--patience", "3"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(training.PRESETS, "quick", {**PRESETS["quick"], "model_overrides": SMALL_SDT})
+        assert main(argv) == 0
+    recorded = json.loads((tmp_path / "run" / "vanilla" / "config.json").read_text())["training"]
+    assert (recorded["class_weights"], recorded["patience"]) == ("sqrt_inverse_prior", 3)
+
+
+def test_cli_class_weight_choices_are_the_trainer_s():
+    assert CLASS_WEIGHT_CHOICES == CLASS_WEIGHTS
 
 
 def test_patience_stops_after_that_many_epochs_without_a_better_dev_f1(monkeypatch):
