@@ -78,9 +78,12 @@ STAGES: dict[str, list[tuple[str, Callable[[Candidate], list[Candidate]]]]] = {
             "learning rate x batch size",
             lambda b: [_with(b, batch_size=bs, lr=lr) for bs in (8, 32) for lr in (5e-5, 2e-4, 5e-4)],
         ),
+        (
+            "input normalisation [ours] x learning rate",
+            lambda b: [_with(b, lr=lr, model_overrides={"input_norm": True}) for lr in (5e-5, 2e-4, 5e-4)],
+        ),
         ("class weighting", lambda b: [_with(b, class_weights=w) for w in CLASS_WEIGHTS]),
         ("dropout (default 0.5)", lambda b: [_with(b, model_overrides={"dropout": p}) for p in (0.3, 0.7)]),
-        ("weight decay", lambda b: [_with(b, weight_decay=wd) for wd in (0.0, 1e-5, 1e-4)]),
         (
             "MELD settings (temperature 8, frozen gates)",
             lambda b: [

@@ -117,12 +117,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "corect-meld-text": dict(
         model="corect",
-        epochs=40,
-        patience=10,
+        epochs=20,
+        patience=6,
         lr=2.5e-4,
         weight_decay=1e-8,
         batch_size=10,
         scheduler="plateau",
+        class_weights="sqrt_inverse_prior",
     ),
     "sdt-meld-text": dict(
         model="sdt",
