@@ -17,6 +17,7 @@ BAD_FLAGS = [
     ([*TRAIN, "--lambda-vad", "nan"], "--lambda-vad"),
     ([*TRAIN, "--epochs", "0"], "--epochs"),
     ([*TRAIN, "--batch-size", "-2"], "--batch-size"),
+    ([*TRAIN, "--patience", "-1"], "--patience"),
     ([*PROMPT, "--timeout", "0"], "--timeout"),
     ([*PROMPT, "--timeout", "inf"], "--timeout"),
     ([*PROMPT, "--rpm", "-1"], "--rpm"),

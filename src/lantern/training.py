@@ -45,16 +45,26 @@ log = logging.getLogger(__name__)
 IEMOCAP6_PRIORS = (0.0867, 0.1444, 0.2279, 0.1606, 0.1277, 0.2527)
 
 
+# How the classification loss weighs each class: not at all, by 1/prior, or by 1/√prior (a milder
+# correction for skewed corpora such as MELD, where 1/prior trades much neutral recall for rare
+# classes): the power of 1/prior, by name.
+CLASS_WEIGHT_POWERS: dict[str, float | None] = {"none": None, "inverse_prior": 1.0, "sqrt_inverse_prior": 0.5}
+CLASS_WEIGHTS = tuple(CLASS_WEIGHT_POWERS)
+
+
 @dataclass
 class TrainConfig:
-    """How a vanilla model is trained. ``class_weights``: "none" or "inverse_prior";
-    ``scheduler``: "none" or "plateau" (ReduceLROnPlateau on dev loss, PyTorch defaults);
-    ``bucket_batches``: batches per length-sorted pool (see ``length_batches``);
-    ``model_overrides``: model config fields the recipe sets (SDT's MELD temperature)."""
+    """How a vanilla model is trained. ``class_weights``: one of ``CLASS_WEIGHTS`` (see
+    ``class_weight_tensor``); ``scheduler``: "none" or "plateau" (ReduceLROnPlateau on dev loss,
+    PyTorch defaults); ``patience``: stop once this many epochs in a row have not improved the best
+    dev weighted F1 (0: always run every epoch); ``bucket_batches``: batches per length-sorted pool
+    (see ``length_batches``); ``model_overrides``: model config fields the recipe sets (SDT's MELD
+    temperature, a dropout)."""
 
     preset: str = "quick"
     model: str | None = None
     epochs: int = 8
+    patience: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 8
@@ -72,20 +82,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.bucket_batches < 1:
             raise LanternError("epochs, batch size and bucket_batches must be >= 1")
+        if self.patience < 0:
+            raise LanternError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
         if self.lr <= 0 or self.lambda_vad < 0:
             raise LanternError(f"need lr > 0 and lambda_vad >= 0, got {self.lr}, {self.lambda_vad}")
         if self.scheduler not in ("none", "plateau"):
             raise LanternError(f"scheduler must be 'none' or 'plateau', got {self.scheduler!r}")
         if self.precision not in PRECISIONS:
             raise LanternError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.class_weights not in ("none", "inverse_prior"):
-            raise LanternError(f"class_weights must be 'none' or 'inverse_prior', got {self.class_weights!r}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise LanternError(f"class_weights must be one of {CLASS_WEIGHTS}, got {self.class_weights!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-# The published recipes (MODELS.md), and a short one for tests and demos.
+# The published recipes (MODELS.md), the text-only recipes for the Friends corpora (chosen on
+# MELD's dev split by bench/real_data_recipe_search.py; bench/results/real_data_recipe_search.json
+# holds every candidate and its dev figures), and a short one for tests and demos.
 PRESETS: dict[str, dict[str, Any]] = {
     "corect": dict(
         model="corect", epochs=50, lr=2.5e-4, weight_decay=1e-8, batch_size=10, scheduler="plateau", seed=24
@@ -101,12 +115,53 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=8,
         model_overrides={"temperature": 8.0, "gates_frozen": True},
     ),
+    "corect-meld-text": dict(
+        model="corect",
+        epochs=20,
+        patience=6,
+        lr=2.5e-4,
+        weight_decay=1e-8,
+        batch_size=10,
+        scheduler="plateau",
+        class_weights="sqrt_inverse_prior",
+    ),
+    "sdt-meld-text": dict(
+        model="sdt",
+        epochs=40,
+        patience=10,
+        lr=2e-4,
+        weight_decay=1e-5,
+        batch_size=8,
+        model_overrides={"temperature": 8.0, "gates_frozen": True},
+    ),
     "quick": dict(model=None, epochs=8, lr=1e-3, batch_size=8),
 }
 
+# One line per preset: what it is and where it comes from (``lantern train`` prints it).
+PRESET_NOTES: dict[str, str] = {
+    "corect": "the published CORECT recipe (IEMOCAP, three modalities)",
+    "sdt-iemocap": "the published SDT recipe for IEMOCAP",
+    "sdt-meld": "the published SDT recipe for MELD (three modalities)",
+    "corect-meld-text": "text-only CORECT, chosen on MELD's dev split (7 emotions, MiniLM); "
+    "used as is for MELD sentiment and EmoryNLP, which were not tuned on",
+    "sdt-meld-text": "text-only SDT, chosen on MELD's dev split (7 emotions, MiniLM); "
+    "used as is for MELD sentiment and EmoryNLP, which were not tuned on",
+    "quick": "a short run for tests and demos",
+}
 
-def default_preset(model_name: str, labels: LabelSet) -> str:
-    """The published recipe for a model (SDT: the MELD one for a MELD label set)."""
+# Label sets of the Friends corpora, which take the text-only MELD recipes when trained on text
+# alone. Only MELD's 7-emotion dev split chose those recipes: no EmoryNLP files were at hand to tune
+# on, and the sentiment target was not searched on its own.
+TEXT_RECIPE_LABEL_SETS = ("meld7", "meld-sentiment", "emorynlp7")
+
+
+def default_preset(model_name: str, labels: LabelSet, modalities: Sequence[str]) -> str:
+    """The recipe a model trains with when none is named. A text-only model of a MELD or EmoryNLP
+    corpus (``modalities`` == ["t"]) takes the text recipe chosen on MELD's dev split, since the
+    published ones were made for three modalities of other features; otherwise the published recipe
+    (SDT: the MELD one for meld7)."""
+    if list(modalities) == ["t"] and labels.name in TEXT_RECIPE_LABEL_SETS:
+        return f"{model_name}-meld-text"
     if model_name == "corect":
         return "corect"
     return "sdt-meld" if labels.name == "meld7" else "sdt-iemocap"
@@ -155,9 +210,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def class_weight_tensor(labels: LabelSet, train: Sequence[Dialogue]) -> torch.Tensor:
-    """1/prior per class: the published priors for IEMOCAP 6-way, else the training split's own
-    frequencies (a class absent from training gets weight 0, so it cannot divide by zero)."""
+def class_weight_tensor(labels: LabelSet, train: Sequence[Dialogue], power: float = 1.0) -> torch.Tensor:
+    """1/prior**power per class (power 1: ``inverse_prior``, 0.5: ``sqrt_inverse_prior``): the
+    published priors for IEMOCAP 6-way, else the training split's own frequencies (a class absent
+    from training gets weight 0, so it cannot divide by zero)."""
     if labels == IEMOCAP6:
         priors = np.asarray(IEMOCAP6_PRIORS)
     else:
@@ -165,8 +221,16 @@ def class_weight_tensor(labels: LabelSet, train: Sequence[Dialogue]) -> torch.Te
             [u.label for d in train for u in d.utterances if u.label is not None], minlength=len(labels)
         ).astype(float)
         priors = counts / max(counts.sum(), 1.0)
-    weights = np.divide(1.0, priors, out=np.zeros_like(priors), where=priors > 0)
+    weights = np.divide(1.0, priors**power, out=np.zeros_like(priors), where=priors > 0)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def loss_class_weights(
+    config: TrainConfig, labels: LabelSet, train: Sequence[Dialogue]
+) -> torch.Tensor | None:
+    """The class weights ``config.class_weights`` names (None for "none")."""
+    power = CLASS_WEIGHT_POWERS[config.class_weights]
+    return None if power is None else class_weight_tensor(labels, train, power)
 
 
 def length_batches(
@@ -290,7 +354,8 @@ def fit(
     class_weights: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``train``; keep the weights of the epoch with the best dev
-    weighted F1 (first best on ties). Deterministic on CPU for a given ``config.seed``.
+    weighted F1 (first best on ties). Deterministic on CPU for a given ``config.seed``. With
+    ``config.patience`` > 0, stop after that many epochs without a new best.
 
     A NaN/inf training loss, dev loss or weight stops training with a LanternError (naming the
     dialogue when a feature value is to blame), so that no caller ever saves a NaN model."""
@@ -366,6 +431,11 @@ def fit(
                 dev_wf1=record["dev_weighted_f1"],
             )
             log.info("epoch %d: %s", epoch, record)
+            if config.patience and epoch - best_epoch >= config.patience:
+                log.info(
+                    "no better dev weighted F1 for %d epochs: stopped at epoch %d", config.patience, epoch
+                )
+                break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
     model.load_state_dict(best_state)
@@ -580,7 +650,7 @@ def _has_vad(dialogues: Sequence[Dialogue]) -> bool:
     return any(u.vad is not None for d in dialogues for u in d.utterances)
 
 
-def _train_one(
+def train_model(
     model_name: str,
     corpus: Corpus,
     train: Sequence[Dialogue],
@@ -595,7 +665,7 @@ def _train_one(
     vocab = speaker_vocabulary(corpus)
     torch.manual_seed(config.seed)
     model = build_model(model_name, model_config)
-    weights = class_weight_tensor(corpus.labels, train) if config.class_weights == "inverse_prior" else None
+    weights = loss_class_weights(config, corpus.labels, train)
     modalities = list(model_config.widths)
     result = fit(
         model,
@@ -645,7 +715,7 @@ def crossfit_predictions(
         held = {d.id for d in held_out}
         rest = [d for d in train if d.id not in held]
         log.info("cross-fit fold %d/%d: %d training dialogues", f + 1, k, len(rest))
-        model, meta, result = _train_one(model_name, corpus, rest, dev, config, None)
+        model, meta, result = train_model(model_name, corpus, rest, dev, config, None)
         for p in predict(model, meta, held_out, config.device):
             by_id.setdefault(p.dialogue, []).append(p)
         record["folds"].append({"dialogues": sorted(held), "best_epoch": result.best_epoch})
@@ -665,7 +735,9 @@ def train_run(
     split (and cross-fitted training predictions when ``crossfit`` ≥ 2). ``corpus`` is a native
     corpus directory (recorded with its fingerprint in run.json) or an in-memory Corpus.
     ``overrides``: TrainConfig fields (epochs, lr, batch_size, lambda_vad, seed, device, modalities...).
-    Returns a summary: chosen epoch, dev report, parameter counts, paths."""
+    Without ``preset``, ``default_preset`` picks it from the label set and modalities; config.json's
+    "training" section records the preset and whether it was "given" or the "default".
+    Returns a summary: recipe, chosen epoch, dev report, parameter counts, paths."""
     run = RunDir(run_dir)
     fingerprint = None
     if isinstance(corpus, Corpus):
@@ -677,12 +749,17 @@ def train_run(
         data = load_corpus(corpus)
         fingerprint = corpus_fingerprint(corpus)
         run.set_corpus(corpus, fingerprint)
-    config = make_train_config(preset or default_preset(model_name, data.labels), **overrides)
+    preset_source = "given" if preset else "default"
+    if preset is None:
+        modalities = overrides.get("modalities") or list(data.modalities)
+        preset = default_preset(model_name, data.labels, modalities)
+    config = make_train_config(preset, **overrides)
     if config.model is not None and config.model != model_name:
         raise LanternError(f"preset {config.preset!r} is the recipe of {config.model}, not {model_name}")
-    model, meta, result = _train_one(
+    model, meta, result = train_model(
         model_name, data, data.split("train"), data.split("dev"), config, fingerprint
     )
+    meta.training["preset_source"] = preset_source
     save_checkpoint(run.vanilla.dir, model, meta)
     write_json(run.vanilla.metrics, result.to_json())
     for split in SPLITS:
@@ -690,7 +767,9 @@ def train_run(
     summary = {
         "model": model_name,
         "preset": config.preset,
+        "preset_source": preset_source,
         "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
         "dev": {k: result.best_dev[k] for k in ("accuracy", "weighted_f1")},
         "parameters": meta.parameters,
         "vanilla_dir": str(run.vanilla.dir),

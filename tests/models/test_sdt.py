@@ -93,6 +93,28 @@ def test_padding_content_does_not_leak(synthetic_corpus):
     torch.testing.assert_close(before, after)
 
 
+@pytest.mark.parametrize("input_norm", [True, False])
+def test_input_norm_makes_the_output_independent_of_the_feature_scale(synthetic_corpus, input_norm):
+    """With the norm, the output does not depend on the scale of the features (only LayerNorm's eps
+    makes a difference, negligible at these scales); the published network (no norm) reads
+    rescaled features differently."""
+    model = small_model(synthetic_corpus, input_norm=input_norm).eval()
+    batch = collate(synthetic_corpus.split("dev")[:3], speaker_vocabulary(synthetic_corpus), list(WIDTHS))
+    with torch.no_grad():
+        before = model(batch).log_probs[batch.mask]
+        for m in WIDTHS:
+            batch.features[m] = batch.features[m] * 10
+        after = model(batch).log_probs[batch.mask]
+    assert torch.allclose(before, after, atol=1e-4) == input_norm
+
+
+def test_input_norm_is_off_in_the_published_configs():
+    assert not SDTConfig.published_meld().input_norm and not SDTConfig.published_iemocap().input_norm
+    with_norm = SDTConfig.published_meld()
+    with_norm.input_norm = True
+    assert count(with_norm) == count(SDTConfig.published_meld()) + 3 * 2 * 1024
+
+
 @pytest.mark.parametrize(("modalities", "encoders"), [(["t", "a", "v"], 9), (["t", "v"], 4), (["a"], 1)])
 def test_modality_subsets_use_encoders_among_present_modalities(synthetic_corpus, modalities, encoders):
     model = small_model(synthetic_corpus, modalities=modalities)

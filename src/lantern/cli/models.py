@@ -6,12 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from lantern.cli.options import non_negative_float, positive_float, positive_int
+from lantern.cli.options import non_negative_float, non_negative_int, positive_float, positive_int
 from lantern.errors import LanternError
 
 # The registry's names, spelled out so that building the parser does not import torch.
 MODEL_NAMES = ("corect", "sdt")
 SPLIT_CHOICES = ("train", "dev", "test", "all")
+# training.CLASS_WEIGHTS, spelled out for the same reason.
+CLASS_WEIGHT_CHOICES = ("none", "inverse_prior", "sqrt_inverse_prior")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         metavar="NAME",
-        help="training recipe: corect, sdt-iemocap, sdt-meld, quick (default: the model's published one)",
+        help="training recipe: corect, sdt-iemocap, sdt-meld, corect-meld-text, sdt-meld-text, quick "
+        "(default: the text recipe chosen on MELD dev for a text-only MELD/EmoryNLP corpus, else the "
+        "model's published one)",
     )
     p.add_argument("--epochs", type=positive_int, metavar="N")
     p.add_argument("--seed", type=int, metavar="S")
@@ -53,6 +57,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modalities", metavar="t,a,v", help="use only these modalities of the corpus")
     p.add_argument("--batch-size", type=positive_int, metavar="B", help="dialogues per batch")
     p.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate")
+    p.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHT_CHOICES,
+        help="weigh the classification loss by 1/prior or 1/sqrt(prior) of each class "
+        "(default: the recipe's)",
+    )
+    p.add_argument(
+        "--patience",
+        type=non_negative_int,
+        metavar="N",
+        help="stop after N epochs without a better dev weighted F1 (0: never; default: the recipe's)",
+    )
     p.add_argument(
         "--crossfit",
         type=int,
@@ -120,7 +136,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lantern.training import train_run
+    from lantern.training import PRESET_NOTES, train_run
 
     modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
     summary = train_run(
@@ -136,8 +152,12 @@ def _train(args: argparse.Namespace) -> int:
         modalities=modalities,
         batch_size=args.batch_size,
         lr=args.lr,
+        class_weights=args.class_weights,
+        patience=args.patience,
     )
     dev = summary["dev"]
+    chosen = "the default for this corpus" if summary["preset_source"] == "default" else "as asked"
+    print(f"recipe {summary['preset']} ({chosen}): {PRESET_NOTES[summary['preset']]}")
     print(
         f"trained {summary['model']} ({summary['preset']}): best dev epoch {summary['best_epoch']}, "
         f"accuracy {dev['accuracy']:.2f}, weighted F1 {dev['weighted_f1']:.2f}; "

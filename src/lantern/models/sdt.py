@@ -34,6 +34,13 @@ class SDTConfig:
     ``gates_frozen`` fixes every unimodal gate's W to the identity and stops its training (the
     published MELD setting: the gate becomes σ(x) ⊙ x); the weights stay in the state dict, as in
     the published parameter count.
+
+    ``input_norm`` **[ours]** LayerNorms each modality's projected features before the positions
+    and speaker embeddings are added. Those two are of unit scale per feature, while a sentence
+    encoder's unit-length vectors (MiniLM: 384-d, about 0.05 per feature) project to about 0.03:
+    without the norm, the content is some forty times smaller than what is added to it (and than
+    the dropout noise on it), and text-only SDT on MiniLM features learns speakers and positions
+    instead. Off by default: the published network.
     """
 
     n_classes: int
@@ -45,6 +52,7 @@ class SDTConfig:
     dropout: float = 0.5
     temperature: float = 1.0
     gates_frozen: bool = False
+    input_norm: bool = False
     vad_head: bool = True
 
     def __post_init__(self) -> None:
@@ -195,6 +203,7 @@ class SDT(nn.Module):
         self.projections = nn.ModuleDict(
             {m: nn.Conv1d(config.widths[m], h, kernel_size=1, bias=False) for m in mods}
         )
+        self.input_norms = nn.ModuleDict({m: nn.LayerNorm(h) for m in mods}) if config.input_norm else None
         # Last row: the padding speaker (never trained, zero).
         self.speaker_embedding = nn.Embedding(config.n_speakers + 1, h, padding_idx=config.n_speakers)
         streams = [_stream(source, target) for target in mods for source in mods]
@@ -228,6 +237,8 @@ class SDT(nn.Module):
         ] + self.speaker_embedding(speakers)
         # (B, N, width) → Conv1d over utterances → (B, N, H)
         x = {m: self.projections[m](batch.features[m].transpose(1, 2)).transpose(1, 2) for m in mods}
+        if self.input_norms is not None:
+            x = {m: self.input_norms[m](x[m]) for m in mods}
         reduced = {}
         for target in mods:
             streams = []

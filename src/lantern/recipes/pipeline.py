@@ -151,7 +151,8 @@ class Pipeline:
             **spec.overrides(),
         )
         self.notify(
-            f"[{stage}] best dev epoch {summary['best_epoch']}: "
+            f"[{stage}] recipe {summary['preset']} ({summary['preset_source']}), "
+            f"best dev epoch {summary['best_epoch']}: "
             f"acc {summary['dev']['accuracy']:.2f}, wF1 {summary['dev']['weighted_f1']:.2f}"
         )
         self.run.mark_done(stage, config)
