@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from lantern.labels import IEMOCAP6, MELD7, custom_label_set
 from lantern.llm.prompt import (
+    DEFAULT_ANSWER_FORMAT,
     FieldUtterance,
     PromptOptions,
     build_messages,
@@ -86,10 +88,12 @@ def test_window_without_vad_drops_the_vad_wording() -> None:
 
 
 def test_template_version_names_template_answer_format_and_ablations() -> None:
-    v = template_version(PromptOptions())
+    v = template_version(PromptOptions(answer_format="probs"))
     assert re.fullmatch(r"erc-v2@[0-9a-f]{12}-probs", v)
-    assert template_version(PromptOptions(include_vad=False)) == v + "-novad"
-    assert template_version(PromptOptions(include_probs=False)) == v + "-noprobs"
+    assert template_version(PromptOptions()) == v.replace("-probs", f"-{DEFAULT_ANSWER_FORMAT}")
+    probs = PromptOptions(answer_format="probs")
+    assert template_version(replace(probs, include_vad=False)) == v + "-novad"
+    assert template_version(replace(probs, include_probs=False)) == v + "-noprobs"
     assert template_version(PromptOptions(answer_format="logprobs")) == v.replace("-probs", "-logprobs")
     with pytest.raises(ValueError, match="unknown answer format"):
         PromptOptions(answer_format="poetry")
@@ -176,7 +180,7 @@ def test_read_window_recovers_probs_and_vad_within_rounding() -> None:
 def test_meld_label_set_and_full_names() -> None:
     probs = [1 / 7] * 7
     utterances = [FieldUtterance(0, "a", "Ross", "We were on a break!", probs, None)]
-    text = user(build_messages("meld_1", 0, 1, utterances, MELD7))
+    text = user(build_messages("meld_1", 0, 1, utterances, MELD7, PromptOptions(answer_format="probs")))
     assert "probs neutral 0.14, surprise 0.14" in text
     assert "probability in percent" in text
 

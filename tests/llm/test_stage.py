@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lantern.answers import read_field_answers
+from lantern.errors import LanternError
 from lantern.fields import FieldSpec
 from lantern.labels import IEMOCAP6
 from lantern.llm.client import LLMAuthError
@@ -168,9 +169,10 @@ def test_bad_answers_are_retried_then_fall_back_per_utterance(
     if fault == "oversized":
         # The test server cuts answers at max_tokens, as real servers do; lift it so 200k characters arrive.
         monkeypatch.setattr("lantern.llm.formats.ProbsFormat.max_tokens", lambda self, n, c: 100_000)
-    inject_faults(fresh, [{"kind": fault, "count": 3}])
+    # The same bad answer twice: a third try would repeat it (see the word-for-word test below).
+    inject_faults(fresh, [{"kind": fault, "count": 2}])
     stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
-    assert chats(fresh) == 3 and stats.answer_retries == 2
+    assert chats(fresh) == 2 and stats.answer_retries == 1
     assert stats.fallbacks == {reason: 3 * len(bad)}
     assert stats.fallback_rate == pytest.approx(len(bad) / 3)
     preds = {p.id: p.probs for p in read_predictions(run / "vanilla" / "predictions-test.jsonl")}
@@ -187,6 +189,43 @@ def test_bad_answers_are_retried_then_fall_back_per_utterance(
     )
     again = run_llm_stage(run, config(fresh), ["test"], progress=False)
     assert again.requests_sent == 1 and again.fallbacks == {}
+
+
+def test_an_invalid_answer_repeated_word_for_word_is_not_asked_a_third_time(tmp_path, fresh):
+    # A deterministic server (greedy decoding) repeats its answer: the embedded SmolLM2 answered
+    # every probs request with all-zero percentages, and each was asked three times for nothing.
+    run = make_run(tmp_path, [("test", 3)])
+    inject_faults(fresh, [{"kind": "negative", "count": 3}])
+    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    assert chats(fresh) == 2 and stats.answer_retries == 1
+    assert stats.fallbacks == {"negative value": 3}
+
+
+def test_invalid_answers_that_differ_use_every_retry(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 3)])
+    inject_faults(fresh, ["negative", "nan", "non_json"])
+    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    assert chats(fresh) == 3 and stats.answer_retries == 2 and stats.fallbacks
+
+
+def test_a_server_without_logprobs_stops_the_logprobs_format_with_a_clear_message(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 12)])  # five distinct fields
+    inject_faults(fresh, [{"kind": "no_logprobs", "count": 100}])
+    cfg = config(fresh, answer_format="logprobs", concurrency=1)
+    with pytest.raises(LanternError, match=r"without the token logprobs.*--answer-format probs"):
+        run_llm_stage(run, cfg, ["test"], progress=False)
+    # Given up after three answers (and at most the one request already on its way), not after
+    # every field and its retries.
+    assert chats(fresh) <= 4
+
+
+def test_a_few_answers_without_logprobs_fall_back_and_are_counted(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 12)])  # five distinct fields
+    inject_faults(fresh, [{"kind": "no_logprobs", "count": 2}])
+    cfg = config(fresh, answer_format="logprobs", concurrency=1, max_answer_retries=0)
+    stats = run_llm_stage(run, cfg, ["test"], progress=False)
+    assert chats(fresh) == 5 and stats.complete
+    assert set(stats.fallbacks) == {"no logprobs"} and 0 < stats.fallbacks["no logprobs"] < 12 * T
 
 
 def test_one_bad_answer_is_retried_and_the_good_one_cached(tmp_path, fresh):
@@ -282,7 +321,8 @@ def test_a_remote_endpoint_without_its_key_fails_clearly(tmp_path, monkeypatch):
 def _cli(run: Path, url: str, *extra: str, env: dict | None = None) -> list[str]:
     return [
         sys.executable, "-m", "lantern", "-v", "prompt", "--run", str(run), "--base-url", url + "/v1",
-        "--model", "test-model", "--splits", "test", "--no-progress", "--timeout", "5", *extra,
+        "--model", "test-model", "--splits", "test", "--no-progress", "--timeout", "5",
+        "--answer-format", "probs", *extra,  # as config() asks, so in-process runs share the cache
     ]  # fmt: skip
 
 

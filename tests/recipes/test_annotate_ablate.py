@@ -148,7 +148,7 @@ def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tiny_con
     rows = list(DictReader(io.StringIO(csv.read_text())))
     variants = {row["variant"] for row in rows}
     assert variants == {
-        "run", "t=1", "stride=3", "no-vad", "no-probs", "answer=logprobs", "answer=digits", "no-context",
+        "run", "t=1", "stride=3", "no-vad", "no-probs", "answer=probs", "answer=digits", "no-context",
         "no-dimensions",
     }  # fmt: skip
     assert {"vanilla", "uniform", "single", "position", "gated", "attention", "attention-llm"} <= {

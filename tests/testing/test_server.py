@@ -44,7 +44,8 @@ def make_window(start: int = 4, n: int = 4, dialogue: str = "Ses05F_impro01") ->
                 i, f"{dialogue}_{i}", "MF"[i % 2], f"line {i}", [x / sum(raw) for x in raw], [3.0, 2.5, 2.0]
             )
         )
-    return build_messages(dialogue, start, start + n, utterances, IEMOCAP6)
+    options = PromptOptions(answer_format="probs")  # the echo tests read percentages back
+    return build_messages(dialogue, start, start + n, utterances, IEMOCAP6, options)
 
 
 # One client for the whole module: creating an httpx client per request costs more than the request.
@@ -131,7 +132,8 @@ def test_models_endpoint_and_stats(url: str) -> None:
 
 def test_answer_without_probs_in_the_prompt_is_uniform(url: str) -> None:
     utterances = [FieldUtterance(0, "a", "A", "x", [], None)]
-    messages = build_messages("d", 0, 1, utterances, IEMOCAP6, PromptOptions(include_probs=False))
+    options = PromptOptions(include_probs=False, answer_format="probs")
+    messages = build_messages("d", 0, 1, utterances, IEMOCAP6, options)
     parsed = parse_answer(content(chat(url, messages)), [0], CLASSES)
     assert parsed.probs[0] == pytest.approx([1 / 6] * 6)
 
@@ -240,8 +242,20 @@ def test_slow_drip_sends_headers_at_once_then_a_byte_at_a_time(url: str) -> None
     assert 0.6 < time.monotonic() - started < 2.5 and length > 300
 
 
+def test_no_logprobs_drops_the_logprobs_a_request_asked_for(url: str) -> None:
+    fmt = answer_format("logprobs")
+    ask = {
+        "response_format": response_format("json_schema", fmt.schema(INDICES, CLASSES)),
+        **fmt.request_params(),
+    }
+    inject_faults(url, ["no_logprobs"])
+    spoilt = chat(url, make_window(), **ask).json()["choices"][0]
+    assert spoilt["logprobs"] is None and spoilt["message"]["content"]
+    assert chat(url, make_window(), **ask).json()["choices"][0]["logprobs"]["content"]  # the next is clean
+
+
 def test_every_fault_kind_is_covered_by_a_test() -> None:
-    others = {"429", "500", "timeout", "drop", "html", "echo_auth", "slow_drip"}
+    others = {"429", "500", "timeout", "drop", "html", "echo_auth", "slow_drip", "no_logprobs"}
     assert set(FAULT_KINDS) == set(PARSE_FAULTS) | set(BODY_FAULTS) | others
 
 

@@ -253,6 +253,10 @@ def _group_by_dialogue(
     return dialogues
 
 
+# Answers without logprobs, and none with them yet, after which the logprobs format is given up.
+NO_LOGPROBS_LIMIT = 3
+
+
 @dataclass
 class _Session:
     """What every request of one stage run shares: endpoint, cache, prompt settings, counters."""
@@ -268,6 +272,10 @@ class _Session:
     cache_hits: int = 0
     answer_retries: int = 0
     served_models: Counter = field(default_factory=Counter)
+    # Answers with and without token log-probabilities, while the format needs them: a server that
+    # never sends them cannot answer in that format at all (see ``_check_logprobs``).
+    logprobs_seen: int = 0
+    logprobs_missing: int = 0
 
     def __post_init__(self) -> None:
         self.version = template_version(self.config.prompt)
@@ -366,6 +374,7 @@ class _Session:
             log.warning("a cached answer no longer validates (%s); asking again", request.key[:12])
             self.cache.delete(request.key)
         best: ParsedAnswer | None = None
+        texts: set[str] = set()
         for attempt in range(self.max_answer_retries + 1):
             try:
                 completion = await self.client.complete(request.messages, request.params)
@@ -376,6 +385,7 @@ class _Session:
                 log.warning("request failed: %s", exc)
                 _fail_all(request, f"request:{exc.reason}")
                 return
+            self._check_logprobs(completion.logprobs)
             parsed = self.parse(completion.text, completion.logprobs, request.indices)
             if not parsed.errors:
                 self.cache.put(
@@ -395,6 +405,11 @@ class _Session:
                 return
             if best is None or len(parsed.errors) < len(best.errors):
                 best = parsed
+            # A server that repeats an invalid answer word for word is deterministic here (greedy
+            # decoding at temperature 0): asking again would only repeat it, at full cost.
+            if completion.text in texts:
+                break
+            texts.add(completion.text)
             if attempt < self.max_answer_retries:
                 self.answer_retries += 1
         assert best is not None
@@ -402,6 +417,22 @@ class _Session:
         request.reasons = {
             i: best.errors.get(i, "missing") for i in request.indices if i not in request.result
         }
+
+    def _check_logprobs(self, logprobs: list[dict] | None) -> None:
+        """Stop the stage when the answer format needs log-probabilities and the server has sent
+        none in its first answers: every utterance would fall back, each after its retries."""
+        if not self.format.request_params().get("logprobs"):
+            return
+        if logprobs:
+            self.logprobs_seen += 1
+            return
+        self.logprobs_missing += 1
+        if self.logprobs_seen == 0 and self.logprobs_missing >= NO_LOGPROBS_LIMIT:
+            raise LanternError(
+                f"the server answered {self.logprobs_missing} requests without the token logprobs the "
+                f"{self.format.name!r} answer format reads; use --answer-format probs (answer_format = "
+                '"probs" in a config) with this server'
+            )
 
 
 def _fail_all(request: _Request, reason: str) -> None:

@@ -25,7 +25,7 @@ from lantern.corpus.dialogue import Corpus
 from lantern.errors import LanternError, StageIncomplete
 from lantern.llm.config import LLMConfig
 from lantern.recipes.config import CorpusSpec, Notify, PipelineConfig, load_config
-from lantern.rundir import RunDir, config_hash, read_json
+from lantern.rundir import SEED_PREFIX, RunDir, config_hash, read_json
 from lantern.runlock import run_lock
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Pipeline:
     def _vanilla(self, seed: int, config: Any) -> None:
         from lantern.training import train_run
 
-        stage = f"vanilla/seed-{seed}"
+        stage = f"vanilla/{SEED_PREFIX}{seed}"
         run = self.run.seed(seed)
         outputs = [run.vanilla.model, *(run.predictions(s) for s in ("train", "dev", "test"))]
         if self._skip(stage, config, outputs):
@@ -168,7 +168,7 @@ class Pipeline:
         pending = [
             s
             for s in self.config.vanilla.seeds
-            if not self.run.stage_done(f"llm/seed-{s}", config, self._llm_outputs(s))
+            if not self.run.stage_done(f"llm/{SEED_PREFIX}{s}", config, self._llm_outputs(s))
         ]
         if not pending:
             yield self.config.llm
@@ -184,7 +184,7 @@ class Pipeline:
     def _llm(self, seed: int, config: Any, llm_config: LLMConfig) -> None:
         from lantern.llm.stage import run_llm_stage
 
-        stage = f"llm/seed-{seed}"
+        stage = f"llm/{SEED_PREFIX}{seed}"
         if self._skip(stage, config, self._llm_outputs(seed)):
             return
         run = self.run.seed(seed)
@@ -203,7 +203,7 @@ class Pipeline:
     def _fusion(self, seed: int, config: Any) -> None:
         from lantern.fusion import METHODS, fuse_run
 
-        stage = f"fusion/seed-{seed}"
+        stage = f"fusion/{SEED_PREFIX}{seed}"
         run = self.run.seed(seed)
         spec = self.config.fusion
         methods = spec.methods or list(METHODS)

@@ -47,7 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from lantern.llm.client import estimate_tokens
 from lantern.llm.formats import answer_format
-from lantern.llm.prompt import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT
+from lantern.llm.prompt import ANSWER_FORMATS
 from lantern.rundir import SIMULATED_MODEL
 from lantern.testing.prompt_reader import PromptField, read_field
 from lantern.testing.simulation import CONTEXT_SIDES, MODES, Simulation, echo
@@ -55,6 +55,9 @@ from lantern.testing.simulation import CONTEXT_SIDES, MODES, Simulation, echo
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "lantern-test-llm"
+# The answer format of a request that names none (no schema, no logprobs flag): percentages, since a
+# logprobs answer without the log-probabilities it is read from would say nothing.
+UNNAMED_FORMAT = "probs"
 KINDS = ("openai", "llamacpp")
 # Transport faults replace the response; body faults spoil the HTTP 200 a normal answer would get
 # (its JSON, usage or delivery); answer faults corrupt the answer text inside a well-formed 200.
@@ -65,6 +68,7 @@ BODY_FAULTS = (
     "no_choices",
     "no_message",
     "no_usage",
+    "no_logprobs",
     "bad_usage",
     "slow_drip",
 )
@@ -86,7 +90,7 @@ class ServerConfig:
     kind: str = "openai"
     model: str = DEFAULT_MODEL
     latency: float = 0.0
-    answer_form: str = DEFAULT_ANSWER_FORMAT
+    answer_form: str = UNNAMED_FORMAT
     api_key: str | None = None
     idle_exit: float = 600.0
     simulation: Simulation | None = None
@@ -235,6 +239,8 @@ def _spoil(fault: dict, response: dict) -> bytes:
         response["choices"] = [{"index": 0, "finish_reason": "stop"}]
     elif kind == "no_usage":
         response.pop("usage")
+    elif kind == "no_logprobs":  # a server that ignores the logprobs request, as some do
+        response["choices"] = [{**c, "logprobs": None} for c in response["choices"]]
     elif kind == "bad_usage":
         response["usage"] = "@usage@"
         raw = str(fault.get("raw", '"abc"'))
@@ -555,8 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--answer-form",
         choices=ANSWER_FORMATS,
-        default=DEFAULT_ANSWER_FORMAT,
-        help="the answer format when a request's schema does not say (default %(default)s)",
+        default=UNNAMED_FORMAT,
+        help="the answer format when neither a request's schema nor its logprobs flag says (default "
+        "%(default)s)",
     )
     p.add_argument("--api-key", default=None, help="require this bearer token")
     p.add_argument("--idle-exit", type=float, default=600.0, help="exit after this many idle seconds")
