@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lantern import __version__
+from lantern.cores import CoreBudget
 from lantern.corpus.dialogue import SPLITS, Corpus, Dialogue
 from lantern.errors import LanternError
 from lantern.jsonio import read_json
@@ -57,9 +58,11 @@ class TrainConfig:
     """How a vanilla model is trained. ``class_weights``: one of ``CLASS_WEIGHTS`` (see
     ``class_weight_tensor``); ``scheduler``: "none" or "plateau" (ReduceLROnPlateau on dev loss,
     PyTorch defaults); ``patience``: stop once this many epochs in a row have not improved the best
-    dev weighted F1 (0: always run every epoch); ``bucket_batches``: batches per length-sorted pool
-    (see ``length_batches``); ``model_overrides``: model config fields the recipe sets (SDT's MELD
-    temperature, a dropout)."""
+    dev weighted F1 (0: always run every epoch); ``threads``: torch CPU threads, 0 for the cores
+    other processes leave free, asked again before every epoch (``lantern.cores``: beside one busy
+    process, two threads made a demo epoch 30x slower); ``bucket_batches``: batches per
+    length-sorted pool (see ``length_batches``); ``model_overrides``: model config fields the
+    recipe sets (SDT's MELD temperature, a dropout)."""
 
     preset: str = "quick"
     model: str | None = None
@@ -73,6 +76,7 @@ class TrainConfig:
     lambda_vad: float = 1.0
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
     modalities: list[str] | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
     bucket_batches: int = 4
@@ -82,6 +86,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.bucket_batches < 1:
             raise LanternError("epochs, batch size and bucket_batches must be >= 1")
+        if self.threads < 0:
+            raise LanternError(f"threads must be >= 0 (0: the free cores), got {self.threads}")
         if self.patience < 0:
             raise LanternError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
         if self.lr <= 0 or self.lambda_vad < 0:
@@ -382,10 +388,14 @@ def fit(
     history: list[dict] = []
     best_f1, best_epoch, best_dev, best_state = -1.0, 0, {}, None
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
+    budget = CoreBudget() if device.type == "cpu" and not config.threads else None
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not config.progress)
         for epoch in bar:
+            if device.type == "cpu":
+                torch.set_num_threads(config.threads or budget.threads())
             model.train()
             train_losses = []
             for chunk in length_batches(train, config.batch_size, generator, config.bucket_batches):
@@ -440,6 +450,7 @@ def fit(
                 break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+        torch.set_num_threads(threads_before)
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(history=history, best_epoch=best_epoch, best_dev=best_dev)
