@@ -5,7 +5,8 @@ With latency L per request and concurrency c, the ideal wall time of the stage i
 figure reported is the ratio of the measured wall time (the whole stage: corpus load, prompt
 rendering, requests, answers file) to that ideal — at most 1.1 is the target. A second run on the
 same run directory must send 0 requests (every answer from the cache). Answer tokens per utterance
-come from the responses' usage (the test server counts about 4 characters per token).
+come from the responses' usage (the test server counts tokens with the client's estimate, about 3
+characters per token).
 
     python bench/llm_throughput.py --fields 500 --latency 1.0 --concurrency 16
 """

@@ -181,11 +181,19 @@ def _trained_with(seed_dir: Path, expected: dict[str, Any]) -> bool:
     ):
         return False
     recorded = read_json(run.vanilla.config).get("training", {})
-    return all(recorded.get(k) == v for k, v in expected.items() if k not in ("device", "progress"))
+    return all(
+        recorded.get(k) == v for k, v in expected.items() if k not in ("device", "progress", "threads")
+    )
 
 
 def vanilla_runs(
-    corpus_dir: Path, corpus: Corpus, root: Path, model: str, seeds: Sequence[int], retrain: bool
+    corpus_dir: Path,
+    corpus: Corpus,
+    root: Path,
+    model: str,
+    seeds: Sequence[int],
+    retrain: bool,
+    threads: int = 0,
 ):
     """Train (or reuse) one run per seed under ``root/seed-<s>``; per-seed test reports and costs."""
     preset = default_preset(model, corpus.labels, ["t"])
@@ -200,7 +208,9 @@ def vanilla_runs(
             if seed_dir.exists():
                 shutil.rmtree(seed_dir)
             load_before, started = uptime(), time.perf_counter()
-            summary = train_run(corpus_dir, seed_dir, model, seed=seed, modalities=["t"], progress=False)
+            summary = train_run(
+                corpus_dir, seed_dir, model, seed=seed, modalities=["t"], threads=threads, progress=False
+            )
             seconds = time.perf_counter() - started
             timing[str(seed)] = {
                 "seconds": round(seconds, 1),
@@ -208,7 +218,7 @@ def vanilla_runs(
                 "utterances_per_second": round(n_train * summary["epochs_run"] / seconds, 1),
                 "uptime_before": load_before,
                 "uptime_after": uptime(),
-                "threads": torch.get_num_threads(),
+                "threads": threads or "free cores",
             }
             write_json(timing_path, timing)
         run = RunDir(seed_dir)
@@ -425,7 +435,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default="corect,sdt")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)"
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for training (0: the free cores, asked again every epoch, as lantern train does)",
     )
     parser.add_argument("--retrain", action="store_true", help="train again even if a cached run fits")
     parser.add_argument("--llm", choices=("simulated", "embedded", "none"), default="simulated")
@@ -444,7 +457,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "real_data.json")
     parser.add_argument("--markdown", type=Path, default=RESULTS / "real_data.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = args.runs or args.cache / "meld-runs"
     corpus_dir = meld_corpus(args.meld, args.cache)
@@ -454,7 +468,9 @@ def main() -> None:
     systems: dict[str, Any] = {"majority class": majority_class(corpus)}
     systems["logistic regression (context-free)"] = logistic_regression(corpus)
     for model in [m.strip() for m in args.models.split(",")]:
-        preset, records = vanilla_runs(corpus_dir, corpus, runs / f"{model}-text", model, seeds, args.retrain)
+        preset, records = vanilla_runs(
+            corpus_dir, corpus, runs / f"{model}-text", model, seeds, args.retrain, args.threads
+        )
         systems[f"{model}-text"] = {
             **summarise([r["report"] for r in records], classes),
             "recipe": preset,
@@ -506,7 +522,7 @@ def main() -> None:
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
+            "torch_threads": args.threads or "free cores (lantern.cores), asked every epoch",
             "uptime_start": started_at,
             "uptime_end": uptime(),
         },

@@ -23,7 +23,7 @@ from lantern.llm.client import (
     estimate_tokens,
     public_url,
 )
-from lantern.llm.config import Endpoint
+from lantern.llm.config import Endpoint, LLMConfig
 from lantern.llm.prompt import FieldUtterance, build_messages
 from lantern.testing.server import inject_faults, reset_server, running_test_server, server_stats
 
@@ -369,3 +369,19 @@ def test_the_retry_after_cap_follows_the_timeout():
     assert (
         LLMClient(["http://127.0.0.1:9/v1"], "m", "k", timeout=900.0)._backoff(0, 3000.0) == MAX_RETRY_AFTER
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("rpm", -1),
+        ("tpm", 0),
+        ("timeout", 0),
+        ("timeout", float("inf")),
+        ("concurrency", 0),
+        ("max_retries", -1),
+    ],
+)
+def test_a_config_file_gets_the_same_numeric_checks_as_the_flags(key, value):
+    with pytest.raises(LanternError, match=rf"llm.*{key}"):
+        LLMConfig.from_flat({"base_urls": ["http://127.0.0.1:9/v1"], "model": "m", key: value}, "llm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -502,3 +503,16 @@ def test_answers_of_another_setting_are_dropped_from_the_settings_record(tmp_pat
     files = RunDir(run)
     with pytest.raises(ValueError, match="not made with the current LLM settings"):
         settings_of(run).check("dev", files.predictions("dev"), files.answers("dev"))
+
+
+def test_a_budget_stopped_prompt_exits_3_and_the_same_command_continues(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
+    prices = ["--prices", json.dumps({"test-model": [100.0, 100.0]}), "--concurrency", "1"]
+    stopped = subprocess.run(_cli(run, fresh, "--max-cost", "0.5", *prices), capture_output=True, timeout=120)
+    assert stopped.returncode == 3, stopped.stderr.decode()
+    message = stopped.stderr.decode()
+    assert "Traceback" not in message and "lantern:" in message
+    assert 0 < chats(fresh) < 7
+    done = subprocess.run(_cli(run, fresh, "--max-cost", "100", *prices), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert chats(fresh) == 7  # only the fields the budget had left unanswered were sent
