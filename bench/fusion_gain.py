@@ -266,6 +266,7 @@ def main() -> None:
     parser.add_argument("--anchorings", default="0.0,0.4")
     parser.add_argument("--correlations", default="0.3,0.9")
     parser.add_argument("--answer-format", default="probs")
+    parser.add_argument("--no-formats", action="store_true", help="skip the answer-format comparison")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "fusion_gain.json")
     args = parser.parse_args()
@@ -289,7 +290,7 @@ def main() -> None:
                 )
                 _print_row(corpus, name, results[name])
             record["corpora"][corpus] = results
-            if corpus == "synthetic" or args.no_synthetic:
+            if not args.no_formats and (corpus == "synthetic" or args.no_synthetic):
                 record["answer_formats"] = compare_formats(base, Path(tmp) / f"{corpus}-formats", args.seed)
                 record["answer_formats_corpus"] = corpus
                 _print_formats(record["answer_formats"])

@@ -95,6 +95,7 @@ def main() -> None:
         "prompt_tokens_per_request": round(cold.prompt_tokens / requests, 1),
         "fallback_rate": cold.fallback_rate,
         "token_counts": "test server: the client's estimate, about 3 characters per token",
+        "answer_format": config.prompt.answer_format,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -102,8 +103,8 @@ def main() -> None:
         f"{result['fields']} fields, {requests} requests, "
         f"latency {args.latency}s, concurrency {args.concurrency}\n"
         f"cold: {cold_wall:.2f}s vs ideal {ideal:.2f}s -> ratio {result['cold_ratio']:.3f} (target <= 1.1)\n"
-        f"warm re-run: {warm['requests_sent']} requests sent ({warm_server_requests} at the server), "
-        f"{warm['cache_hits']} cache hits, {warm_wall:.2f}s\n"
+        f"warm re-run: {warm.requests_sent} requests sent ({warm_server_requests} at the server), "
+        f"{warm.cache_hits} cache hits, {warm_wall:.2f}s\n"
         f"answer tokens per utterance: {result['answer_tokens_per_utterance']} "
         f"(prompt tokens per request {result['prompt_tokens_per_request']})\n"
         f"wrote {args.out}"

@@ -27,7 +27,8 @@ The trained vanilla runs (``RUN/seed-<s>/vanilla/`` with predictions for every s
 current recipe is not retrained (its recorded time is reported). The LLM part works on copies.
 
     python bench/real_data.py --meld ../shared/data/meld [--llm simulated|embedded|none]
-    python bench/real_data.py --meld ../shared/data/meld --llm embedded --llm-dialogues 30 --llm-seeds 0
+    python bench/real_data.py --meld ../shared/data/meld --llm embedded --llm-dialogues 25 \
+        --llm-seeds 0 --llm-models sdt
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "| method | accuracy | weighted F1 |", "|---|---|---|"]
         for method, scores in entry["methods"].items():
             lines.append(f"| {method} | {_cell(scores['accuracy'])} | {_cell(scores['weighted_f1'])} |")
-        lines += ["", "Guard decision per seed (λ: weight of the fused answer; 0 = vanilla):", ""]
+        lines += ["", "Vanilla guard of attention, per seed:", ""]
         for seed, guard in entry["guard"].items():
             if guard:
                 lines.append(
@@ -451,6 +452,7 @@ def main() -> None:
     )
     parser.add_argument("--local-backend", choices=("transformers", "llamacpp"), help="for --llm embedded")
     parser.add_argument("--llm-seeds", help="seeds for the LLM part (default: --seeds)")
+    parser.add_argument("--llm-models", help="models for the LLM part (default: --models)")
     parser.add_argument("--sim-accuracy", type=float, default=0.6)
     parser.add_argument("--sim-correlation", type=float, default=0.7)
     parser.add_argument("--sim-anchoring", type=float, default=0.3)
@@ -489,7 +491,7 @@ def main() -> None:
     pipelines = read_json(args.out).get("pipeline", {}) if args.out.exists() else {}
     llm_seeds = [int(s) for s in args.llm_seeds.split(",")] if args.llm_seeds else seeds
     if args.llm != "none":
-        for model in [m.strip() for m in args.models.split(",")]:
+        for model in [m.strip() for m in (args.llm_models or args.models).split(",")]:
             out = runs / f"{model}-text-{args.llm}"
             pipelines[f"{model}-text, {args.llm} LLM"] = pipeline(
                 runs / f"{model}-text",
