@@ -127,12 +127,15 @@ def installed(*names: str):
     return lambda name: object() if name in names else None
 
 
-def test_auto_takes_llama_cpp_where_it_is_installed_and_transformers_otherwise(monkeypatch):
-    monkeypatch.setattr(local.importlib.util, "find_spec", installed("llama_cpp", "transformers", "gguf"))
-    assert local.resolve_backend(None) == local.resolve_backend("auto") == "llamacpp"
-    assert local.resolve_backend("transformers") == "transformers"
-    monkeypatch.setattr(local.importlib.util, "find_spec", installed("transformers", "gguf"))
-    assert local.resolve_backend("auto") == "transformers"
+def test_auto_takes_the_faster_transformers_backend_and_llama_cpp_only_where_it_is_alone(monkeypatch):
+    both = installed("llama_cpp", "transformers", "gguf", "accelerate")
+    monkeypatch.setattr(local.importlib.util, "find_spec", both)
+    assert local.resolve_backend(None) == local.resolve_backend("auto") == "transformers"
+    assert local.resolve_backend("llamacpp") == "llamacpp"
+    monkeypatch.setattr(local.importlib.util, "find_spec", installed("llama_cpp", "transformers"))
+    assert local.resolve_backend("auto") == "llamacpp"  # no 'local' extra: gguf is missing
+    monkeypatch.setattr(local.importlib.util, "find_spec", installed("transformers"))
+    assert local.resolve_backend("auto") == "transformers"  # neither: the install hint names the extra
     with pytest.raises(LanternError, match="unknown local backend 'vllm'"):
         local.resolve_backend("vllm")
 

@@ -160,7 +160,8 @@ def add_local_backend_argument(p: argparse.ArgumentParser) -> None:
         "--local-backend",
         choices=LOCAL_BACKENDS,
         help="what serves the embedded model: transformers (no compiler) or llama.cpp (the 'llamacpp' "
-        "extra); auto, the default, takes llama.cpp where it is installed",
+        "extra); auto, the default, takes transformers where the 'local' extra is installed (6x faster "
+        "here), llama.cpp where only it is",
     )
 
 
