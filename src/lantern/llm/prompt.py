@@ -31,7 +31,7 @@ from lantern.labels import LabelSet
 DEFAULT_TEMPLATE = "erc-v2"
 # How the LLM answers (lantern.llm.formats); the default is chosen by measurement (README, "Answer
 # formats"): under the simulated LLM the three formats' fused gains agree within their intervals,
-# logprobs writes 3-5x fewer answer tokens than probs (SmolLM2's tokenizer), and the embedded
+# logprobs writes 5-6x fewer answer tokens than probs (SmolLM2's tokenizer), and the embedded
 # SmolLM2 answered every probs request with all-zero percentages (every utterance fell back) while
 # its logprobs answers were all valid. A server that returns no logprobs is told to use "probs".
 ANSWER_FORMATS = ("probs", "logprobs", "digits")
