@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from lantern.errors import LanternError
@@ -74,22 +75,23 @@ def _object_of(indices: list[int], value: dict) -> dict:
     }
 
 
-class AnswerFormat:
+class AnswerFormat(ABC):
     """One way of asking for and reading a field's answer (see the module docstring)."""
 
     name: str = ""
     slack = 32  # tokens of room beyond the answer's own length
 
+    @abstractmethod
     def schema(self, indices: list[int], classes: list[str] | tuple[str, ...]) -> dict:
-        raise NotImplementedError
+        """The JSON schema of an answer for the utterances ``indices``."""
 
     def request_params(self) -> dict:
         """Sampling parameters this form needs beyond temperature and max_tokens."""
         return {}
 
+    @abstractmethod
     def max_tokens(self, n_utterances: int, n_classes: int) -> int:
         """Room for the answer of a field of ``n_utterances``."""
-        raise NotImplementedError
 
     def parse(
         self, text: str, logprobs: list[dict] | None, indices: list[int], classes: list[str] | tuple[str, ...]
@@ -98,9 +100,9 @@ class AnswerFormat:
         ``choices[0].logprobs.content``, dicts with ``token``, ``logprob`` and ``top_logprobs``)."""
         return parse_answer(text, indices, classes)
 
+    @abstractmethod
     def render(self, probs: dict[int, list[float]], classes: list[str] | tuple[str, ...]) -> str:
         """An answer in this form carrying ``probs`` (what a model that believed them would write)."""
-        raise NotImplementedError
 
 
 class DigitsFormat(AnswerFormat):
