@@ -281,6 +281,7 @@ class _Session:
         self.version = template_version(self.config.prompt)
         self.classes = list(self.labels.classes)
         self.format: AnswerFormat = answer_format(self.config.prompt.answer_format)
+        self.needs_logprobs = bool(self.format.request_params().get("logprobs"))
 
     async def ask_split(
         self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
@@ -421,7 +422,7 @@ class _Session:
     def _check_logprobs(self, logprobs: list[dict] | None) -> None:
         """Stop the stage when the answer format needs log-probabilities and the server has sent
         none in its first answers: every utterance would fall back, each after its retries."""
-        if not self.format.request_params().get("logprobs"):
+        if not self.needs_logprobs:
             return
         if logprobs:
             self.logprobs_seen += 1
