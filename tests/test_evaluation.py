@@ -8,8 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from lantern.answers import FieldAnswer, UtteranceAnswer
 from lantern.errors import LanternError
-from lantern.evaluation import calibration, evaluate_run, results_table
+from lantern.evaluation import answer_quality, calibration, evaluate_run, results_table
 from lantern.fusion import fuse_run
 from lantern.predictions import read_predictions, write_predictions
 from lantern.rundir import LLMStats, RunDir
@@ -136,3 +137,54 @@ def test_calibration_of_perfect_and_overconfident_models():
     wrong = right[:, ::-1] * 0.9 + 0.05
     assert (wrong.argmax(1) != gold).all()
     assert calibration(wrong, gold)["ece"] == pytest.approx(95.0)
+
+
+def test_summary_has_macro_f1_and_save_false_writes_nothing(tmp_path):
+    run = fused_run(tmp_path, n=6)
+    metrics = evaluate_run(run.root, n_resamples=20, save=False)
+    assert not run.eval_metrics.exists()
+    vanilla = metrics["per_seed"]["seed-0"]["methods"]["vanilla"]
+    assert metrics["summary"]["vanilla"]["macro_f1"]["values"] == [vanilla["macro_f1"]]
+    assert sum(vanilla["support"].values()) == metrics["per_seed"]["seed-0"]["n_test"]
+    assert "| macro F1 |" in results_table(metrics)
+
+
+def _answers(predictions, answer):
+    """One field per dialogue, every utterance given ``answer`` (None: its vanilla distribution)."""
+    by_dialogue = {}
+    for p in predictions:
+        by_dialogue.setdefault(p.dialogue, []).append(p)
+    return [
+        FieldAnswer(
+            d,
+            0,
+            len(ps),
+            [UtteranceAnswer(p.id, 0, i, list(answer or p.probs)) for i, p in enumerate(ps)],
+        )
+        for d, ps in by_dialogue.items()
+    ]
+
+
+def test_answer_quality_sees_a_toy_llm_that_answers_the_same_digits_everywhere(tmp_path):
+    run = fused_run(tmp_path, n=6)
+    predictions = read_predictions(run.predictions("test"))
+    classes = [str(c) for c in range(6)]
+    toy = answer_quality(predictions, _answers(predictions, [1, 2, 3, 4, 5, 6]), classes)
+    assert toy["fallback_rate"] == 0.0 and toy["answered"] == len(predictions)
+    assert toy["identical"] == 1.0 and toy["uniform_fields"] == 1.0 and toy["one_hot"] == 0.0
+    assert toy["most_common"] == [round(k / 21, 2) for k in range(1, 7)]
+    assert len(toy["degenerate"]) >= 2 and "same distribution" in toy["degenerate"][0]
+    # An LLM that repeats the vanilla model agrees with it everywhere and scores what it scores.
+    echo = answer_quality(predictions, _answers(predictions, None), classes)
+    assert echo["agreement"] == 1.0 and echo["llm_only"] == echo["vanilla"]
+    assert echo["identical"] < 0.5 and echo["uniform_fields"] == 0.0
+    assert echo["covered"] == len(predictions)
+
+
+def test_evaluate_run_records_the_quality_of_each_split_s_answers(tmp_path):
+    run = fused_run(tmp_path, n=6, accuracy=lambda b, r: 0.95)
+    quality = evaluate_run(run.root, n_resamples=20)["per_seed"]["seed-0"]["llm_answers"]
+    assert set(quality) == {"dev", "test"}
+    test = quality["test"]
+    assert test["llm_only"]["accuracy"] > test["vanilla"]["accuracy"] > test["majority"]
+    assert test["degenerate"] == [] and 0 < test["agreement"] < 1

@@ -2,12 +2,14 @@
 
 A run directory holds one seed (RUN_DIR/vanilla exists) or several (RUN_DIR/seed-*/, each a full
 single-seed run directory). For each seed, the vanilla model and every fused method present under
-fusion/<method>/ are scored on the labelled test utterances; across seeds, accuracy and weighted F1
-are summarised as mean ± std (sample std, ddof = 1; 0 for one seed). Each method is compared with
+fusion/<method>/ are scored on the labelled test utterances; across seeds, accuracy, weighted F1
+and macro F1 are summarised as mean ± std (sample std, ddof = 1; 0 for one seed). Each method is compared with
 vanilla by a paired bootstrap over dialogues, per seed and pooled over seeds (a resampled dialogue
 brings its utterances from every seed, so the pooled interval covers the test-set sampling of the
 seed-averaged difference). Calibration (expected calibration error and a reliability table) is
-computed beside the scores for the report.
+computed beside the scores for the report, and so is the quality of the LLM's answers themselves
+(:func:`answer_quality`): a fallback rate of 0 says only that the answers parsed, not that they
+say anything.
 
 The vanilla test predictions must cover exactly the test split of the corpus the run recorded in
 run.json (checked whenever that corpus is still where it was): a file that lost an utterance would
@@ -17,16 +19,26 @@ otherwise shrink the test set without a word, and every score with it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lantern.answers import OK, FieldAnswer, read_field_answers
 from lantern.corpus.dialogue import Corpus
 from lantern.errors import LanternError
 from lantern.fusion.methods import METHODS
-from lantern.metrics import classification_report, concordance, paired_bootstrap, pearson
+from lantern.metrics import (
+    accuracy,
+    classification_report,
+    concordance,
+    macro_f1,
+    paired_bootstrap,
+    pearson,
+    weighted_f1,
+)
 from lantern.models.batch import VAD_NAMES
 from lantern.predictions import Prediction, read_predictions
 from lantern.rundir import LLMSettings, LLMStats, RunDir, read_json, write_json
@@ -37,7 +49,16 @@ VANILLA = "vanilla"
 LANTERN = "attention"
 N_RESAMPLES = 1000
 CALIBRATION_BINS = 15
+# The scores compared with vanilla by the paired bootstrap (the paper's two) ...
 METRICS = ("accuracy", "weighted_f1")
+# ... and every score summarised over seeds.
+SCORES = (*METRICS, "macro_f1")
+# eval/metrics.json's layout: a reader finding another one evaluates the run again.
+EVAL_FORMAT = 2
+# An answer whose top probability reaches this is "all mass on one class".
+ONE_HOT = 0.99
+# Answers are compared at the two decimals the prompt shows probabilities with.
+ANSWER_DECIMALS = 2
 
 
 def score_predictions(path: Path, classes: Sequence[str] | None = None) -> dict[str, Any]:
@@ -186,6 +207,101 @@ def guard_record(run: RunDir) -> dict[str, Any] | None:
     return read_json(files.config).get("selection", {}).get("guard")
 
 
+def answer_quality(
+    predictions: Sequence[Prediction], answers: Sequence[FieldAnswer], classes: Sequence[str]
+) -> dict[str, Any]:
+    """What one split's LLM answers are worth on their own: a toy model's answers parse (no
+    fallback) yet may say nothing, e.g. the same digits for every utterance.
+
+    Shares are fractions of the answered (non-fallback) utterance answers unless said otherwise:
+    ``agreement`` top class equal to vanilla's; ``one_hot`` all mass (≥ ONE_HOT) on one class;
+    ``identical`` equal (to ANSWER_DECIMALS) to the split's most common answer, shown as
+    ``most_common``; ``uniform_fields`` of the fields with two answered utterances or more, those
+    that gave every utterance the same answer. ``llm_only`` scores (%) the mean of each labelled
+    utterance's answers on the ``covered`` utterances that have one, ``vanilla`` the vanilla model
+    on the same utterances, ``majority`` what always answering the most frequent gold class
+    scores there. ``degenerate`` lists, in words, each sign that the answers carry no information.
+    """
+    by_id = {p.id: p for p in predictions}
+    answered: dict[str, list[np.ndarray]] = {}
+    rounded: list[tuple[float, ...]] = []
+    agree = one_hot = fallbacks = total = 0
+    uniform_fields = multi_fields = 0
+    for field in answers:
+        in_field = []
+        for u in field.utterances:
+            total += 1
+            if u.status != OK or u.id not in by_id:
+                fallbacks += u.status != OK
+                continue
+            probs = np.asarray(u.probs, dtype=np.float64)
+            probs = probs / probs.sum() if probs.sum() > 0 else probs
+            answered.setdefault(u.id, []).append(probs)
+            key = tuple(np.round(probs, ANSWER_DECIMALS).tolist())
+            rounded.append(key)
+            in_field.append(key)
+            agree += int(probs.argmax() == int(np.argmax(by_id[u.id].probs)))
+            one_hot += int(probs.max() >= ONE_HOT)
+        if len(in_field) >= 2:
+            multi_fields += 1
+            uniform_fields += len(set(in_field)) == 1
+    n = len(rounded)
+    common, common_count = max(Counter(rounded).items(), key=lambda kv: kv[1]) if n else ((), 0)
+    covered = [by_id[uid] for uid in answered if by_id[uid].label is not None]
+    gold = [p.label for p in covered]
+    llm = [int(np.mean(answered[p.id], axis=0).argmax()) for p in covered]
+    vanilla = [int(np.argmax(p.probs)) for p in covered]
+    k = len(classes)
+    majority = max(Counter(gold).values()) / len(gold) if gold else 0.0
+
+    def scores(pred: list[int]) -> dict[str, float]:
+        return {
+            "accuracy": round(100 * accuracy(gold, pred), 2),
+            "weighted_f1": round(100 * weighted_f1(gold, pred, k), 2),
+            "macro_f1": round(100 * macro_f1(gold, pred, k), 2),
+        }
+
+    quality: dict[str, Any] = {
+        "answers": total,
+        "answered": n,
+        "fallback_rate": round(fallbacks / total, 4) if total else 0.0,
+        "covered": len(covered),
+        "llm_only": scores(llm),
+        "vanilla": scores(vanilla),
+        "majority": round(100 * majority, 2),
+        "agreement": round(agree / n, 4) if n else 0.0,
+        "one_hot": round(one_hot / n, 4) if n else 0.0,
+        "identical": round(common_count / n, 4) if n else 0.0,
+        "most_common": list(common),
+        "uniform_fields": round(uniform_fields / multi_fields, 4) if multi_fields else 0.0,
+    }
+    signs = []
+    if n and quality["identical"] >= 0.5:
+        signs.append(f"{quality['identical']:.0%} of the answers are one and the same distribution")
+    if multi_fields and quality["uniform_fields"] >= 0.5:
+        signs.append(
+            f"{quality['uniform_fields']:.0%} of the fields give all their utterances the same answer"
+        )
+    if covered and quality["llm_only"]["accuracy"] <= quality["majority"]:
+        signs.append("the LLM alone is no more accurate than always answering the most frequent class")
+    if total and not n:
+        signs.append("every answer fell back to vanilla")
+    quality["degenerate"] = signs
+    return quality
+
+
+def llm_answer_quality(run: RunDir, classes: Sequence[str]) -> dict[str, Any]:
+    """:func:`answer_quality` of every split the run's LLM answered (train: against the cross-fitted
+    predictions it was prompted with)."""
+    out = {}
+    for split in ("train", "dev", "test"):
+        source = run.vanilla.crossfit_predictions if split == "train" else run.predictions(split)
+        if run.answers(split).exists() and source.exists():
+            answers = read_field_answers(run.answers(split))
+            out[split] = answer_quality(read_predictions(source), answers, classes)
+    return out
+
+
 def _llm_summary(per_seed: dict[str, tuple[LLMSettings, LLMStats] | None]) -> dict[str, Any]:
     found = [s for s in per_seed.values() if s]
     if not found:
@@ -218,8 +334,9 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": round(float(v.mean()), 2), "std": round(std, 2), "values": [float(x) for x in v]}
 
 
-def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
-    """Score every seed × method on test, summarise over seeds, write RUN_DIR/eval/metrics.json."""
+def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES, save: bool = True) -> dict[str, Any]:
+    """Score every seed × method on test, summarise over seeds; write RUN_DIR/eval/metrics.json
+    unless ``save`` is False (a report of someone else's run may not write into it)."""
     top = RunDir(run_dir)
     seeds = top.seed_runs()
     labels: dict[str, Any] | None = None
@@ -277,6 +394,7 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
             "bootstrap_vs_vanilla": bootstrap,
             "guard": guard_record(run),
             "dev_vad": vad_quality(corpus, read_predictions(dev_path)) if dev_path.exists() else None,
+            "llm_answers": llm_answer_quality(run, classes),
         }
         for name in systems:
             entry = pooled.setdefault(name, {"gold": [], "pred": [], "vanilla": [], "groups": []})
@@ -297,7 +415,7 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
             "n_seeds": sum(m in s["methods"] for s in per_seed.values()),
             **{
                 k: _mean_std([s["methods"][m][k] for s in per_seed.values() if m in s["methods"]])
-                for k in METRICS
+                for k in SCORES
             },
         }
         for m in methods
@@ -318,6 +436,7 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
     llm = _llm_summary(llm_stats)
     dev_vad = [s["dev_vad"] for s in per_seed.values() if s["dev_vad"]]
     metrics = {
+        "format": EVAL_FORMAT,
         "labels": labels,
         "seeds": list(seeds),
         "methods": methods,
@@ -344,7 +463,8 @@ def evaluate_run(run_dir: str | Path, *, n_resamples: int = N_RESAMPLES) -> dict
         "bootstrap": {"n_resamples": n_resamples, "unit": "dialogue", "level": 0.95},
         "protocol": "fusion trained and tuned without test; test read once here",
     }
-    write_json(top.eval_metrics, metrics)
+    if save:
+        write_json(top.eval_metrics, metrics)
     return metrics
 
 
@@ -353,7 +473,8 @@ def _interval(entry: dict[str, Any]) -> str:
 
 
 def results_table(metrics: dict[str, Any]) -> str:
-    """A markdown table: method, accuracy and weighted F1 (mean ± std over seeds), Δ vs vanilla (95% CI)."""
+    """A markdown table: method, accuracy, weighted and macro F1 (mean ± std over seeds), Δ vs
+    vanilla (95% CI)."""
     n_seeds = len(metrics["seeds"])
     lines = []
     if metrics.get("simulated_llm"):
@@ -366,12 +487,13 @@ def results_table(metrics: dict[str, Any]) -> str:
     )
     lines.append("")
     lines.append(
-        "| method | accuracy | weighted F1 | Δ acc vs vanilla [95% CI] | Δ wF1 vs vanilla [95% CI] |"
+        "| method | accuracy | weighted F1 | macro F1 "
+        "| Δ acc vs vanilla [95% CI] | Δ wF1 vs vanilla [95% CI] |"
     )
-    lines.append("|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|")
     for m in metrics["methods"]:
         s = metrics["summary"][m]
-        cells = [f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in METRICS]
+        cells = [f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in SCORES]
         if m in metrics["vs_vanilla"]:
             cells += [_interval(metrics["vs_vanilla"][m][k]) for k in METRICS]
         else:

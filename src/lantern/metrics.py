@@ -1,5 +1,6 @@
-"""ERC metrics, in percent with two decimals where reported: accuracy, weighted F1, per-class F1,
-confusion matrix; plus the paired dialogue bootstrap used to compare two systems honestly."""
+"""ERC metrics, in percent with two decimals where reported: accuracy, weighted and macro F1,
+per-class precision, recall, F1 and support, confusion matrix; plus the paired dialogue bootstrap
+used to compare two systems honestly."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def per_class_f1(cm: np.ndarray) -> np.ndarray:
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
+def per_class_precision_recall(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) per class from a confusion matrix; 0 where the class is never predicted
+    (precision) or never present (recall), as scikit-learn reports them."""
+    tp = np.diag(cm).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    actual = cm.sum(axis=1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    return precision, recall
+
+
 def accuracy(gold: Sequence[int], pred: Sequence[int]) -> float:
     g, p = np.asarray(gold), np.asarray(pred)
     return float((g == p).mean()) if len(g) else 0.0
@@ -38,16 +50,35 @@ def weighted_f1(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> flo
     return float((per_class_f1(cm) * support).sum() / support.sum())
 
 
+def macro_f1(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> float:
+    """Unweighted mean of the per-class F1 over the classes that occur in ``gold`` or ``pred``
+    (sklearn's ``average="macro"``): every class counts alike, so a model that ignores the rare
+    classes scores low even where the frequent ones carry its weighted F1."""
+    cm = confusion_matrix(gold, pred, n_classes)
+    seen = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    return float(per_class_f1(cm)[seen].mean()) if seen.any() else 0.0
+
+
 def classification_report(gold: Sequence[int], pred: Sequence[int], classes: Sequence[str]) -> dict:
-    """Everything reported for one system: accuracy and weighted F1 in %, per-class F1 in %, confusion."""
+    """Everything reported for one system: accuracy, weighted and macro F1 in %; per class the
+    precision, recall and F1 in % and the support (gold utterances); the confusion matrix."""
     n = len(classes)
     cm = confusion_matrix(gold, pred, n)
     f1 = per_class_f1(cm)
+    precision, recall = per_class_precision_recall(cm)
+
+    def by_class(values: np.ndarray) -> dict[str, float]:
+        return {c: round(100 * float(v), 2) for c, v in zip(classes, values, strict=True)}
+
     return {
         "n": len(gold),
         "accuracy": round(100 * accuracy(gold, pred), 2),
         "weighted_f1": round(100 * weighted_f1(gold, pred, n), 2),
-        "per_class_f1": {c: round(100 * float(v), 2) for c, v in zip(classes, f1, strict=True)},
+        "macro_f1": round(100 * macro_f1(gold, pred, n), 2),
+        "per_class_f1": by_class(f1),
+        "per_class_precision": by_class(precision),
+        "per_class_recall": by_class(recall),
+        "support": {c: int(v) for c, v in zip(classes, cm.sum(axis=1), strict=True)},
         "confusion": cm.tolist(),
         "classes": list(classes),
     }
