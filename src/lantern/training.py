@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -263,11 +264,13 @@ def length_batches(
 @dataclass
 class FitResult:
     """history: one record per epoch (train_loss, dev loss/accuracy/weighted_f1, lr);
-    best_epoch: 1-based epoch whose weights the model holds after ``fit``."""
+    best_epoch: 1-based epoch whose weights the model holds after ``fit``; seconds: the wall time
+    of the whole fit (kept out of the history, which a seed reproduces exactly)."""
 
     history: list[dict]
     best_epoch: int
     best_dev: dict
+    seconds: float = 0.0
 
     def to_json(self) -> dict:
         return {
@@ -275,6 +278,7 @@ class FitResult:
             "best_epoch": self.best_epoch,
             "best_dev": self.best_dev,
             "history": self.history,
+            "seconds": self.seconds,
         }
 
 
@@ -386,6 +390,7 @@ def fit(
         torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer) if config.scheduler == "plateau" else None
     )
     history: list[dict] = []
+    started = time.perf_counter()
     best_f1, best_epoch, best_dev, best_state = -1.0, 0, {}, None
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     threads_before = torch.get_num_threads()
@@ -453,7 +458,12 @@ def fit(
         torch.set_num_threads(threads_before)
     model.load_state_dict(best_state)
     model.eval()
-    return FitResult(history=history, best_epoch=best_epoch, best_dev=best_dev)
+    return FitResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_dev=best_dev,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 @dataclass

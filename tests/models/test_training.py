@@ -80,6 +80,7 @@ def test_run_directory_files(trained, synthetic_corpus):
     assert len(metrics["history"]) == 8
     f1 = [h["dev_weighted_f1"] for h in metrics["history"]]
     assert metrics["best_epoch"] == int(np.argmax(f1)) + 1 == summary["best_epoch"]
+    assert metrics["seconds"] > 0  # the training time the report shows
     for split in ("train", "dev", "test"):
         preds = read_predictions(run.predictions(split))
         assert [p.id for p in preds] == [u.id for d in synthetic_corpus.split(split) for u in d.utterances]
