@@ -24,13 +24,13 @@ EXIT_INCOMPLETE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lantern.cli import data, llm, models, pipeline
+    from lantern.cli import data, llm, models, pipeline, report
 
     parser = argparse.ArgumentParser(prog="lantern", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lantern {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, models, llm, pipeline):
+    for module in (data, models, llm, pipeline, report):
         module.register(sub)
     return parser
 
