@@ -1,20 +1,30 @@
-"""The HTML report: self-contained, every part present, simulated runs flagged, secrets left out."""
+"""The HTML report: self-contained, says what the run is, every part present, secrets left out."""
 
 from __future__ import annotations
 
 import base64
+import html
 import re
 
+import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
+from lantern.answers import read_field_answers, write_field_answers
+from lantern.cli import main
 from lantern.evaluation import evaluate_run
-from lantern.fusion import fuse_run
-from lantern.report import redact, write_report
-from lantern.rundir import RunDir
+from lantern.fusion import METHODS, fuse_run
+from lantern.llm.local import LOCAL_MODEL_NAME
+from lantern.predictions import read_predictions
+from lantern.report import METHOD_DEFINITIONS, redact, write_report
+from lantern.report_plots import attention_plot, reliability_plot, results_plot
+from lantern.rundir import LLMSettings, RunDir, file_hash, write_json
 from lantern.testing.runs import dialogue_sizes, make_corpus, make_run, write_answers
+from lantern.training import FitResult
 
 FAST = {"hidden_sizes": [8], "weight_decays": [1e-2], "epoch_grid": [60], "folds": 3}
 PNG = b"\x89PNG\r\n\x1a\n"
+FUSED = ["uniform", "position", "attention", "attention-unguarded"]
 
 
 def fused_run(root, *, seed: int = 0, run_dir=None, model: str = "simulated-llm") -> RunDir:
@@ -28,15 +38,20 @@ def fused_run(root, *, seed: int = 0, run_dir=None, model: str = "simulated-llm"
     return run
 
 
+def training_record(run: RunDir, seconds: float = 12.5) -> None:
+    """vanilla/metrics.json as training writes it: three epochs, the second chosen."""
+    history = [
+        {"epoch": e, "train_loss": 2.0 / e, "dev_loss": 1.5 + 0.1 * (e - 2) ** 2, "dev_weighted_f1": f1}
+        for e, f1 in ((1, 30.0), (2, 45.0), (3, 40.0))
+    ]
+    write_json(run.vanilla.metrics, FitResult(history, 2, {"weighted_f1": 45.0}, seconds).to_json())
+
+
 def _run(root, model: str, seeds=(0, 1)):
     for seed in seeds:
         run = fused_run(root, seed=seed, run_dir=root / f"seed-{seed}", model=model)
-        fuse_run(
-            run.root,
-            ["uniform", "position", "attention"],
-            seed=seed,
-            params={"position": FAST, "attention": FAST},
-        )
+        training_record(run)
+        fuse_run(run.root, FUSED, seed=seed, params={m: FAST for m in FUSED[1:]})
     evaluate_run(root, n_resamples=50)
     return root
 
@@ -47,50 +62,210 @@ def simulated(tmp_path_factory):
     return root, write_report(root)
 
 
+def _page(simulated) -> str:
+    return simulated[1].read_text(encoding="utf-8")
+
+
+def _text(page: str) -> str:
+    """The page's text with tags removed, entities decoded and white space collapsed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
 def test_report_is_self_contained_with_every_part(simulated):
     root, index = simulated
     assert index == root / "report" / "index.html"
-    page = index.read_text(encoding="utf-8")
-    # Results table: one row per method, Lantern marked, mean ± std.
+    page = _page(simulated)
+    # Results table: one row per method, Lantern marked, mean ± std of accuracy, weighted and macro F1.
     for method in ("vanilla", "uniform", "position", "attention (Lantern)"):
-        assert re.search(rf"<tr><td>{re.escape(method)}</td><td>\d+\.\d\d ± \d+\.\d\d</td>", page), method
+        cell = r"<td>\d+\.\d\d ± \d+\.\d\d</td>"
+        assert re.search(rf"<tr><td>{re.escape(method)}</td>{cell}{cell}{cell}", page), method
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(images) == 5
+    assert len(images) == 6
     assert all(base64.b64decode(img).startswith(PNG) for img in images)
-    for name in ("results", "confusion", "per_class_f1", "attention", "reliability"):
+    for name in ("results", "confusion", "per_class_f1", "attention", "reliability", "training"):
         assert (root / "report" / f"{name}.png").read_bytes().startswith(PNG)
-    for caption in ("Confusion", "Per-class F1", "receptive-field position", "Reliability", "LLM statistics"):
+    for caption in (
+        "Confusion",
+        "Per-class F1",
+        "receptive-field position",
+        "Reliability",
+        "Vanilla training curve",
+        "Answer quality",
+        "LLM requests and cost",
+        "Timings",
+    ):
         assert caption in page
-    assert "ECE (%)" in page
+    assert "ECE (%)" in page and "macro F1 (%)" in page
     assert "Configuration" in page and "lantern_version" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page, re.I)
     assert "<script" not in page.lower() and "@import" not in page
+    assert "Missing stages" not in page
 
 
-def test_report_flags_a_simulated_llm_and_hides_secrets(simulated):
-    _, index = simulated
-    page = index.read_text(encoding="utf-8")
-    assert "class='banner'>simulated LLM" in page
-    assert "<title>Lantern run report — simulated LLM</title>" in page
-    assert "sk-secret-value" not in page and "&lt;redacted&gt;" in page
+def test_report_says_the_corpus_is_synthetic_and_which_llm_answered(simulated):
+    text = _text(_page(simulated))
+    assert "synthetic corpus — not real conversations" in text
+    assert re.search(r"Corpus: synthetic; SYNTHETIC — generated by Lantern, not real conversations", text)
+    assert "12 dialogues (train 0, dev 6, test 6)" in text
+    assert "LLM: simulated-llm (an OpenAI-compatible endpoint of kind openai)" in text
+    assert "3 receptive fields per utterance, stride 4, answer format digits" in text
 
 
-def test_report_of_a_real_llm_run_has_no_banner(tmp_path):
+def test_report_defines_every_method_it_shows(simulated):
+    page = _page(simulated)
+    for method in ("vanilla", *FUSED):
+        assert f"<dt>{method}</dt><dd>{html.escape(METHOD_DEFINITIONS[method])}</dd>" in page
+    assert set(METHOD_DEFINITIONS) == set(METHODS)
+
+
+def test_per_class_table_has_support_and_macro_f1_equals_sklearn(simulated):
+    root, _ = simulated
+    page = _page(simulated)
+    vanilla = {
+        s: read_predictions(RunDir(root / f"seed-{s}").predictions("test")) for s in (0, 1)
+    }
+    gold = [p.label for p in vanilla[0]]
+    for k, c in enumerate(("hap", "sad", "neu", "ang", "exc", "fru")):
+        assert re.search(rf"<tr><td>{c}</td><td>{gold.count(k)}</td>(<td>\d+\.\d\d</td>){{6}}</tr>", page), c
+    macro = np.mean(
+        [
+            100 * f1_score([p.label for p in ps], [int(np.argmax(p.probs)) for p in ps], average="macro")
+            for ps in vanilla.values()
+        ]
+    )
+    row = re.search(r"<tr><td>vanilla</td><td>[^<]+</td><td>[^<]+</td><td>(\d+\.\d\d) ±", page)
+    assert float(row.group(1)) == pytest.approx(macro, abs=0.01)
+    beneath = rf"<tr><td>macro F1</td><td>{len(gold)}</td><td></td><td></td><td>{row.group(1)}</td>"
+    assert re.search(beneath, page)
+
+
+def test_examples_show_each_field_s_answer_and_the_weight_it_got(simulated):
+    page = _page(simulated)
+    examples = re.findall(r"<h3>(d\d+_u\d+) — ([a-z ]+)</h3>(.*?)</table>", page, re.S)
+    kinds = [kind for _, kind, _ in examples]
+    assert "drawn at random" in kinds and len(examples) >= 2
+    assert set(kinds) <= {"fixed by fusion", "broken by fusion", "drawn at random"}
+    for _, _, block in examples:
+        assert re.search(r"<q>turn \d+ of dialogue \d+</q>", block)
+        assert "<th>weight in attention</th><th>weight in attention-unguarded</th>" in block
+        row = (
+            r"<tr><td>(\[\d+, \d+\)|vanilla distribution)</td><td>([\d—])</td>"
+            r"<td>(\w+ \d\.\d\d)</td><td>(\d\.\d+)</td><td>(\d\.\d+)</td></tr>"
+        )
+        rows = re.findall(row, block)
+        assert len(rows) == 4  # t = 3 fields and the vanilla candidate
+        for column in (3, 4):
+            assert sum(float(r[column]) for r in rows) == pytest.approx(1.0, abs=0.003)
+
+
+def test_report_shows_timings_cost_and_answer_quality(simulated):
+    text = _text(_page(simulated))
+    assert re.search(r"seed-0 12\.5 \(3 epochs\) \d+\.\d not recorded", text)
+    assert "cost (USD) 0.0000 0.0000" in text and "fallback rate (%) 0.0 0.0" in text
+    assert re.search(r"seed-1 test \d+ 0\.0 [\d.]+ / [\d.]+ / [\d.]+", text)
+    assert "look degenerate" not in text
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A single-seed run whose embedded SmolLM2 answered the same digits for every utterance: no fallback."""
+    root = tmp_path_factory.mktemp("toy")
+    run = fused_run(root, model=LOCAL_MODEL_NAME)
+    settings = LLMSettings.read(run.llm.settings)
+    for split in ("dev", "test"):
+        answers = read_field_answers(run.answers(split))
+        for field in answers:
+            for u in field.utterances:
+                u.probs = [k / 21 for k in range(1, 7)]
+        write_field_answers(run.answers(split), answers)
+        settings.splits[split]["answers"] = file_hash(run.answers(split))
+    write_json(run.llm.settings, settings.to_json())
+    fuse_run(run.root, ["uniform"])
+    return run, write_report(run.root)
+
+
+def test_a_toy_llm_is_named_and_its_useless_answers_shown_at_zero_fallback(toy):
+    _, index = toy
+    text = _text(index.read_text(encoding="utf-8"))
+    assert "simulated LLM" not in text
+    assert f"LLM: {LOCAL_MODEL_NAME} (the embedded local model, transformers backend, no network)" in text
+    assert f"toy LLM — {LOCAL_MODEL_NAME} is a tiny model (about 135M parameters)" in text
+    assert "The answers look degenerate" in text
+    assert "seed-0 test: 100% of the answers are one and the same distribution" in text
+    assert "fallback rate (%) 0.0" in text
+
+
+def test_report_of_a_real_llm_run_has_no_warning(tmp_path):
     root = _run(tmp_path, "gpt-4o", seeds=(0,))
     page = write_report(root).read_text(encoding="utf-8")
-    assert "simulated LLM" not in page and "gpt-4o" in page
+    assert "simulated LLM" not in page and "toy LLM" not in page and "LLM: gpt-4o" in page
 
 
-def test_report_evaluates_when_metrics_are_missing(tmp_path):
+def test_a_run_without_the_llm_stage_gets_a_report_of_what_it_has(tmp_path):
+    run = make_run(tmp_path, make_corpus(dialogue_sizes({"dev": 3, "test": 3}, (4, 8))))
+    text = _text(write_report(run.root).read_text(encoding="utf-8"))
+    assert "Missing stages" in text and "LLM: none — this run has no LLM stage" in text
+    assert "LLM stage (llm/answers-test.jsonl): run `lantern prompt`" in text
+    assert "fusion (fusion/<method>/): run `lantern fuse`" in text
+    assert "training record (vanilla/metrics.json)" in text
+    assert "No examples: the run has no LLM answers for test" in text
+    assert run.eval_metrics.exists()
+
+
+def test_report_evaluates_again_when_a_method_was_fused_after_evaluation(tmp_path):
     run = fused_run(tmp_path)
     fuse_run(run.root, ["uniform"])
-    index = write_report(run.root)
-    assert run.eval_metrics.exists() and index.exists()
-    # Without a trained method there are no attention weights to plot beyond uniform's own.
-    assert "uniform" in index.read_text(encoding="utf-8")
+    evaluate_run(run.root, n_resamples=20)
+    fuse_run(run.root, ["single"])
+    page = write_report(run.root).read_text(encoding="utf-8")
+    assert "<tr><td>single</td>" in page and "<tr><td>uniform</td>" in page
 
 
-def test_redact_removes_secret_values_but_keeps_token_counts():
+def test_cli_report_writes_the_page_and_out_writes_nothing_into_the_run(tmp_path, capsys):
+    run = fused_run(tmp_path)
+    fuse_run(run.root, ["uniform"])
+    assert main(["report", "--run", str(run.root)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {run.report_index.resolve()}"
+    assert "<h2>Results</h2>" in run.report_index.read_text(encoding="utf-8")
+    before = sorted(p for p in run.root.rglob("*"))
+    out = tmp_path / "elsewhere" / "colleague.html"
+    assert main(["report", "--run", str(run.root), "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 5
+    assert sorted(p for p in run.root.rglob("*")) == before
+
+
+def test_cli_report_of_a_missing_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["report", "--run", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lantern: error: {tmp_path / 'nowhere'}: no such run directory\n"
+
+
+def test_cli_report_help_gives_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    out = capsys.readouterr().out
+    assert "--run RUN" in out and "(default: RUN/report/index.html" in out
+
+
+def test_plots_start_scores_at_zero_keep_legends_off_the_bars_and_show_vanilla(simulated):
+    root, _ = simulated
+    metrics = evaluate_run(root, n_resamples=20, save=False)
+    assert results_plot(metrics).axes[0].get_ylim()[0] == 0
+    fig = attention_plot({"attention": {"0": 0.2, "1": 0.7, "vanilla": 0.1}, "position": {"0": 0.9}})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+    fig = reliability_plot(metrics, ["vanilla", "attention"])
+    fig.canvas.draw()
+    lines = {line.get_label().split(" (")[0]: line for line in fig.axes[0].get_lines()}
+    vanilla, attention = lines["vanilla"], lines["attention"]
+    assert vanilla.get_zorder() > attention.get_zorder()
+    assert vanilla.get_linestyle() != attention.get_linestyle()
+    assert vanilla.get_marker() != attention.get_marker()
+    assert vanilla.get_markerfacecolor() == "none"  # hollow: a curve beneath stays visible
+
+
+def test_redact_removes_secret_values_but_keeps_token_counts(simulated):
     config = {
         "llm": {"api_key": "abc", "headers": {"Authorization": "Bearer x"}, "max_tokens": 512},
         "stats": {"prompt_tokens": 10, "access_token": "t"},
@@ -101,3 +276,7 @@ def test_redact_removes_secret_values_but_keeps_token_counts():
     assert out["llm"]["max_tokens"] == 512 and out["stats"]["prompt_tokens"] == 10
     assert out["stats"]["access_token"] == "<redacted>"
     assert out["keys"] == ["<redacted>", "plain"]
+    page = _page(simulated)
+    assert "class='banner'>simulated LLM" in page
+    assert "<title>Lantern run report — simulated LLM</title>" in page
+    assert "sk-secret-value" not in page and "&lt;redacted&gt;" in page

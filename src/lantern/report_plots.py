@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lantern.evaluation import SCORES, VANILLA
 
@@ -40,7 +41,8 @@ def results_plot(metrics: dict[str, Any]) -> Figure:
         means = [metrics["summary"][m][key]["mean"] for m in methods]
         stds = [metrics["summary"][m][key]["std"] for m in methods]
         offset = (i - (len(SCORES) - 1) / 2) * width
-        ax.bar(x + offset, means, width, yerr=stds, capsize=3, label=key.replace("_", " "))
+        label = key.replace("_", " ").replace("f1", "F1")
+        ax.bar(x + offset, means, width, yerr=stds, capsize=3, label=label)
     ax.set_ylim(0, 100)
     ax.set_xticks(x, methods, rotation=20)
     ax.set_ylabel("% (axis from 0)")
@@ -175,6 +177,8 @@ def training_plot(records: dict[str, dict[str, Any]]) -> Figure:
         f1_ax.axvline(best, color=color, linestyle=":", linewidth=1)
         f1_ax.plot([best], [f1[epochs.index(best)]], marker="*", markersize=14, color=color, linestyle="none",
                    label=f"{seed} chosen epoch {best}")  # fmt: skip
+    for ax in (loss_ax, f1_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("Loss")
