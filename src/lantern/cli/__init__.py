@@ -52,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         epilog=_OVERVIEW,
         formatter_class=HelpFormatter,
-        parents=[GLOBAL_OPTIONS],
     )
     parser.add_argument("--version", action="version", version=f"lantern {__version__}")
-    parser.set_defaults(verbose=False)
+    # Its own flag, not GLOBAL_OPTIONS': that action object is shared by every command, whose
+    # default must stay SUPPRESS so that `-v` before the command survives the command's parsing.
+    parser.add_argument("-v", "--verbose", action="store_true", help=GLOBAL_OPTIONS._actions[-1].help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (data, models, llm, pipeline):
         module.register(sub)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lantern.cli.command import add_command
+from lantern.cli.options import positive_int
 from lantern.corpus.convert import FORMATS, OWN_DEV_SPLIT, TARGETS
 from lantern.errors import LanternError
 from lantern.labels import BUILTIN
@@ -88,7 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, type=Path, metavar="CORPUS_DIR", help="the corpus directory to write"
     )
-    p.add_argument("--dialogues", type=int, default=151, metavar="N", help="number of dialogues")
+    p.add_argument(
+        "--dialogues", type=positive_int, default=151, metavar="N", help="number of dialogues"
+    )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
     p.add_argument(
         "--text-features",
