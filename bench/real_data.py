@@ -62,7 +62,8 @@ from lantern.metrics import classification_report
 from lantern.predictions import read_predictions
 from lantern.rundir import SIMULATED_MODEL, RunDir, read_json, write_json
 from lantern.testing.server import running_test_server
-from lantern.training import class_weight_tensor, default_preset, make_train_config, train_run
+from lantern.train_config import default_preset, make_train_config
+from lantern.training import class_weight_tensor, train_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIMULATED = "simulated LLM (answers built from gold labels by lantern.testing.server; not a real model)"

@@ -33,7 +33,8 @@ import torch
 from meld_source import DEFAULT_CACHE, meld_corpus
 
 from lantern.corpus.native import load_corpus
-from lantern.training import CLASS_WEIGHTS, make_train_config, train_model
+from lantern.train_config import CLASS_WEIGHTS, make_train_config
+from lantern.training import train_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_data_recipe_search.json"
 

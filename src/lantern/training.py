@@ -11,13 +11,12 @@ predictions-{train,dev,test}.jsonl, and optionally crossfit/predictions-train.js
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lantern import __version__
 from lantern.cores import CoreBudget
@@ -39,157 +37,14 @@ from lantern.models.batch import IGNORE_LABEL, collate, vad_from_unit
 from lantern.models.heads import masked_vad_loss
 from lantern.models.registry import build_model, config_for_corpus, parameter_summary, speaker_vocabulary
 from lantern.predictions import Prediction, write_predictions
+from lantern.progress import progress_bar
 from lantern.rundir import RunDir, VanillaFiles, atomic_write_bytes, write_json
+from lantern.train_config import CLASS_WEIGHT_POWERS, TrainConfig, default_preset, make_train_config
 
 log = logging.getLogger(__name__)
 
 # Published IEMOCAP 6-way training priors (DATA.md); SDT weights its NLL by their inverses.
 IEMOCAP6_PRIORS = (0.0867, 0.1444, 0.2279, 0.1606, 0.1277, 0.2527)
-
-
-# How the classification loss weighs each class: not at all, by 1/prior, or by 1/√prior (a milder
-# correction for skewed corpora such as MELD, where 1/prior trades much neutral recall for rare
-# classes): the power of 1/prior, by name.
-CLASS_WEIGHT_POWERS: dict[str, float | None] = {"none": None, "inverse_prior": 1.0, "sqrt_inverse_prior": 0.5}
-CLASS_WEIGHTS = tuple(CLASS_WEIGHT_POWERS)
-
-
-@dataclass
-class TrainConfig:
-    """How a vanilla model is trained. ``class_weights``: one of ``CLASS_WEIGHTS`` (see
-    ``class_weight_tensor``); ``scheduler``: "none" or "plateau" (ReduceLROnPlateau on dev loss,
-    PyTorch defaults); ``patience``: stop once this many epochs in a row have not improved the best
-    dev weighted F1 (0: always run every epoch); ``threads``: torch CPU threads, 0 for the cores
-    other processes leave free, asked again before every epoch (``lantern.cores``: beside one busy
-    process, two threads made a demo epoch 30x slower); ``bucket_batches``: batches per
-    length-sorted pool (see ``length_batches``); ``model_overrides``: model config fields the
-    recipe sets (SDT's MELD temperature, a dropout)."""
-
-    preset: str = "quick"
-    model: str | None = None
-    epochs: int = 8
-    patience: int = 0
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 8
-    scheduler: str = "none"
-    class_weights: str = "none"
-    lambda_vad: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    modalities: list[str] | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    bucket_batches: int = 4
-    progress: bool = True
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.bucket_batches < 1:
-            raise LanternError("epochs, batch size and bucket_batches must be >= 1")
-        if self.threads < 0:
-            raise LanternError(f"threads must be >= 0 (0: the free cores), got {self.threads}")
-        if self.patience < 0:
-            raise LanternError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
-        if self.lr <= 0 or self.lambda_vad < 0:
-            raise LanternError(f"need lr > 0 and lambda_vad >= 0, got {self.lr}, {self.lambda_vad}")
-        if self.scheduler not in ("none", "plateau"):
-            raise LanternError(f"scheduler must be 'none' or 'plateau', got {self.scheduler!r}")
-        if self.precision not in PRECISIONS:
-            raise LanternError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise LanternError(f"class_weights must be one of {CLASS_WEIGHTS}, got {self.class_weights!r}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-# The published recipes (MODELS.md), the text-only recipes for the Friends corpora (chosen on
-# MELD's dev split by bench/real_data_recipe_search.py; bench/results/real_data_recipe_search.json
-# holds every candidate and its dev figures), and a short one for tests and demos.
-PRESETS: dict[str, dict[str, Any]] = {
-    "corect": dict(
-        model="corect", epochs=50, lr=2.5e-4, weight_decay=1e-8, batch_size=10, scheduler="plateau", seed=24
-    ),
-    "sdt-iemocap": dict(
-        model="sdt", epochs=150, lr=1e-4, weight_decay=1e-5, batch_size=16, class_weights="inverse_prior"
-    ),
-    "sdt-meld": dict(
-        model="sdt",
-        epochs=50,
-        lr=5e-6,
-        weight_decay=1e-5,
-        batch_size=8,
-        model_overrides={"temperature": 8.0, "gates_frozen": True},
-    ),
-    "corect-meld-text": dict(
-        model="corect",
-        epochs=20,
-        patience=6,
-        lr=2.5e-4,
-        weight_decay=1e-8,
-        batch_size=10,
-        scheduler="plateau",
-        class_weights="sqrt_inverse_prior",
-    ),
-    "sdt-meld-text": dict(
-        model="sdt",
-        epochs=20,
-        patience=6,
-        lr=5e-5,
-        weight_decay=1e-5,
-        batch_size=32,
-        class_weights="sqrt_inverse_prior",
-        model_overrides={"temperature": 8.0, "gates_frozen": True, "input_norm": True},
-    ),
-    "quick": dict(model=None, epochs=8, lr=1e-3, batch_size=8),
-}
-
-# One line per preset: what it is and where it comes from (``lantern train`` prints it).
-PRESET_NOTES: dict[str, str] = {
-    "corect": "the published CORECT recipe (IEMOCAP, three modalities)",
-    "sdt-iemocap": "the published SDT recipe for IEMOCAP",
-    "sdt-meld": "the published SDT recipe for MELD (three modalities)",
-    "corect-meld-text": "text-only CORECT, chosen on MELD's dev split (7 emotions, MiniLM); "
-    "used as is for MELD sentiment and EmoryNLP, which were not tuned on",
-    "sdt-meld-text": "text-only SDT, chosen on MELD's dev split (7 emotions, MiniLM; a search "
-    "stopped after its class-weighting stage, one seed); used as is for MELD sentiment and EmoryNLP, "
-    "which were not tuned on",
-    "quick": "a short run for tests and demos",
-}
-
-# Label sets of the Friends corpora, which take the text-only MELD recipes when trained on text
-# alone. Only MELD's 7-emotion dev split chose those recipes: no EmoryNLP files were at hand to tune
-# on, and the sentiment target was not searched on its own.
-TEXT_RECIPE_LABEL_SETS = ("meld7", "meld-sentiment", "emorynlp7")
-
-
-def default_preset(model_name: str, labels: LabelSet, modalities: Sequence[str]) -> str:
-    """The recipe a model trains with when none is named. A text-only model of a MELD or EmoryNLP
-    corpus (``modalities`` == ["t"]) takes the text recipe chosen on MELD's dev split, since the
-    published ones were made for three modalities of other features; otherwise the published recipe
-    (SDT: the MELD one for meld7)."""
-    if list(modalities) == ["t"] and labels.name in TEXT_RECIPE_LABEL_SETS:
-        return f"{model_name}-meld-text"
-    if model_name == "corect":
-        return "corect"
-    return "sdt-meld" if labels.name == "meld7" else "sdt-iemocap"
-
-
-def make_train_config(preset: str, **overrides: Any) -> TrainConfig:
-    """A preset with overrides applied; overrides that are None leave the preset's value."""
-    if preset not in PRESETS:
-        raise LanternError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise LanternError(f"unknown training options {unknown}")
-    values = {**PRESETS[preset], "preset": preset}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**copy.deepcopy(values))
-
-
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @contextmanager
@@ -397,7 +252,7 @@ def fit(
     budget = CoreBudget() if device.type == "cpu" and not config.threads else None
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not config.progress)
+        bar = progress_bar(range(1, config.epochs + 1), desc="train", unit="epoch", enabled=config.progress)
         for epoch in bar:
             if device.type == "cpu":
                 torch.set_num_threads(config.threads or budget.threads())

@@ -205,7 +205,8 @@ def test_convert_meld_csv_directory(tmp_path, capsys, monkeypatch):
     write_meld(src, bom="train")
     out = tmp_path / "meld-corpus"
     code, stdout, stderr = _run(capsys, "data", "convert", src, "--format", "meld-csv", "--out", out)
-    assert code == 0 and stderr == ""  # not a terminal: no progress bar
+    assert code == 0 and "\r" not in stderr  # not a terminal: whole progress lines, no redrawn bar
+    assert stderr.splitlines()[-1].startswith("embedding transcripts") and "10/10" in stderr
     assert (
         f"wrote {out}: 5 dialogues (train 2, dev 1, test 2), 10 utterances, labels meld7, modalities t=6"
         in stdout
@@ -248,13 +249,13 @@ def test_convert_meld_csv_directory(tmp_path, capsys, monkeypatch):
 
     code, stdout, _ = _run(
         capsys, "data", "convert", src, "--format", "meld-csv", "--text-features", "st:org/model",
-        "--out", out, "--overwrite", "--no-progress",
+        "--out", out, "--overwrite", "--quiet",
     )  # fmt: skip
     assert code == 0 and list(models) == ["st:org/model"]  # another encoder: embedded again
     assert load_corpus(out).feature_sources["t"] == "st:org/model"
 
 
-def test_progress_bar_on_a_terminal_unless_no_progress(tmp_path, capsys, monkeypatch):
+def test_progress_bar_on_a_terminal_unless_quiet(tmp_path, capsys, monkeypatch):
     fake_models(monkeypatch)
     write_meld(tmp_path / "MELD")
     convert_corpus(tmp_path / "MELD", "meld-csv", progress=True)
@@ -263,7 +264,7 @@ def test_progress_bar_on_a_terminal_unless_no_progress(tmp_path, capsys, monkeyp
     argv = ["data", "convert", tmp_path / "MELD", "--format", "meld-csv", "--out"]
     code, _, stderr = _run(capsys, *argv, tmp_path / "c1")
     assert code == 0 and "embedding transcripts" in stderr and "10/10" in stderr
-    code, _, stderr = _run(capsys, *argv, tmp_path / "c2", "--no-progress")
+    code, _, stderr = _run(capsys, *argv, tmp_path / "c2", "--quiet")
     assert code == 0 and stderr == ""
 
 

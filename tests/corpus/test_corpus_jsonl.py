@@ -120,3 +120,22 @@ def test_empty_file(tmp_path):
     (tmp_path / "bad.jsonl").write_text("\n")
     with pytest.raises(CorpusError, match=r"no dialogues"):
         read_jsonl(tmp_path / "bad.jsonl", text_features=False)
+
+
+def test_dialogue_id_is_optional_and_names_its_line(tmp_path):
+    """The README calls a dialogue's id optional: a transcript file without ids reads, and each
+    dialogue is named after its line so output rows trace back to the input."""
+    no_id = _dialogue("ignored", ["neu", None])
+    del no_id["id"]
+    path = write_jsonl(tmp_path / "t.jsonl", [_dialogue("call-1", ["hap"]), no_id])
+    corpus = read_jsonl(path, labels="iemocap6", text_features=False)
+    assert [d.id for d in corpus.dialogues] == ["call-1", "line-2"]
+    assert [u.id for u in corpus.dialogues[1].utterances] == ["line-2_000", "line-2_001"]
+
+
+def test_a_given_id_that_collides_with_a_line_name_is_a_duplicate(tmp_path):
+    no_id = _dialogue("ignored", ["neu"])
+    del no_id["id"]
+    path = write_jsonl(tmp_path / "t.jsonl", [_dialogue("line-2", ["hap"]), no_id])
+    with pytest.raises(CorpusError, match="line-2"):
+        read_jsonl(path, labels="iemocap6", text_features=False)

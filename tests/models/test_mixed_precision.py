@@ -10,7 +10,8 @@ from lantern.models.batch import collate
 from lantern.models.corect import CORECT, CORECTConfig
 from lantern.models.heads import masked_vad_loss
 from lantern.models.sdt import SDT, SDTConfig
-from lantern.training import TrainConfig, mixed_precision
+from lantern.train_config import TrainConfig
+from lantern.training import mixed_precision
 
 WIDTHS = {"t": 16, "a": 16, "v": 16}
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lantern import training
+from lantern import train_config
 from lantern.cli import main
 from lantern.cli.models import MODEL_NAMES
 from lantern.corpus.native import corpus_fingerprint, save_corpus
@@ -25,7 +25,8 @@ def corpus_dir(tmp_path_factory):
 def small_quick():
     """The "quick" recipe with a small SDT: the CLI has no model-size flags by design."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(training.PRESETS, "quick", {**training.PRESETS["quick"], "model_overrides": SMALL_SDT})
+        quick = {**train_config.PRESETS["quick"], "model_overrides": SMALL_SDT}
+        mp.setitem(train_config.PRESETS, "quick", quick)
         yield
 
 

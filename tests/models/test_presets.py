@@ -8,25 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from lantern import training
+from lantern import train_config, training
 from lantern.cli import main
-from lantern.cli.models import CLASS_WEIGHT_CHOICES
 from lantern.corpus.native import save_corpus
 from lantern.errors import LanternError
 from lantern.labels import EMORYNLP7, IEMOCAP4, IEMOCAP6, MELD7, MELD_SENTIMENT, LabelSet
 from lantern.models.registry import build_model, config_for_corpus
 from lantern.testing.runs import dialogue_sizes
 from lantern.testing.runs import make_corpus as make_labelled_corpus
-from lantern.training import (
-    CLASS_WEIGHTS,
-    PRESET_NOTES,
-    PRESETS,
-    class_weight_tensor,
-    default_preset,
-    loss_class_weights,
-    make_train_config,
-    train_run,
-)
+from lantern.train_config import PRESET_NOTES, PRESETS, default_preset, make_train_config
+from lantern.training import class_weight_tensor, loss_class_weights, train_run
 from tests.models.synthetic import SMALL_CORECT, SMALL_SDT, make_corpus
 
 SMALL = {"sdt": SMALL_SDT, "corect": SMALL_CORECT}
@@ -94,7 +85,7 @@ def test_train_cli_says_which_recipe_it_used(tmp_path, capsys):
     corpus_dir = save_corpus(friends_corpus(EMORYNLP7, {"t": 8}), tmp_path / "corpus")
     with pytest.MonkeyPatch.context() as mp:
         recipe = {**PRESETS["corect-meld-text"], "epochs": 1, "model_overrides": SMALL_CORECT}
-        mp.setitem(training.PRESETS, "corect-meld-text", recipe)
+        mp.setitem(train_config.PRESETS, "corect-meld-text", recipe)
         argv = ["train", "--corpus", str(corpus_dir), "--model", "corect", "--out", str(tmp_path / "run")]
         assert main([*argv, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
@@ -106,14 +97,10 @@ def test_train_cli_passes_class_weights_and_patience(tmp_path):
     argv = ["train", "--corpus", str(corpus_dir), "--model", "sdt", "--out", str(tmp_path / "run")]
     argv += ["--preset", "quick", "--epochs", "1", "--class-weights", "sqrt_inverse_prior", "--patience", "3"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(training.PRESETS, "quick", {**PRESETS["quick"], "model_overrides": SMALL_SDT})
+        mp.setitem(train_config.PRESETS, "quick", {**PRESETS["quick"], "model_overrides": SMALL_SDT})
         assert main(argv) == 0
     recorded = json.loads((tmp_path / "run" / "vanilla" / "config.json").read_text())["training"]
     assert (recorded["class_weights"], recorded["patience"]) == ("sqrt_inverse_prior", 3)
-
-
-def test_cli_class_weight_choices_are_the_trainer_s():
-    assert CLASS_WEIGHT_CHOICES == CLASS_WEIGHTS
 
 
 def test_patience_stops_after_that_many_epochs_without_a_better_dev_f1(monkeypatch):

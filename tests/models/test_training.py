@@ -15,13 +15,12 @@ from lantern.labels import IEMOCAP4, IEMOCAP6
 from lantern.models.registry import build_model, config_for_corpus, speaker_vocabulary
 from lantern.predictions import read_predictions
 from lantern.rundir import RunDir
+from lantern.train_config import PRESETS, make_train_config
 from lantern.training import (
-    PRESETS,
     class_weight_tensor,
     crossfit_folds,
     length_batches,
     load_checkpoint,
-    make_train_config,
     predict,
     train_run,
 )

@@ -9,7 +9,7 @@ import pytest
 from lantern.corpus.convert import DEFAULT_LABELS
 from lantern.labels import get_label_set
 from lantern.recipes.config import load_config
-from lantern.training import default_preset
+from lantern.train_config import default_preset
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

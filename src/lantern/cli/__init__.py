@@ -22,16 +22,47 @@ USER_ERRORS = (LanternError, FileNotFoundError, FileExistsError, PermissionError
 EXIT_USER_ERROR = 2
 EXIT_INCOMPLETE = 3
 
+# The order a user meets the commands in: try it, run it whole, then stage by stage, then your own
+# dialogues and the studies, then utilities. `lantern --help` lists them so.
+WORKFLOW = (
+    "demo", "run", "data", "train", "predict", "prompt", "fuse", "evaluate", "report", "annotate",
+    "ablate", "models", "llm",
+)  # fmt: skip
+
+_OVERVIEW = """\
+Start with `lantern demo` (the whole pipeline on a small synthetic corpus with the embedded LLM), or
+`lantern run --config FILE` (every stage from one TOML file). Stage by stage:
+  lantern data convert MELD.Raw/ --format meld-csv --out corpora/meld7
+  lantern train --corpus corpora/meld7 --model sdt --modalities t --out runs/r1
+  lantern prompt --run runs/r1 --base-url https://api.openai.com/v1 --llm-model gpt-4o --max-cost 5
+  lantern fuse --run runs/r1
+  lantern evaluate --run runs/r1
+  lantern report --run runs/r1
+  lantern annotate --run runs/r1 --input new_dialogues.jsonl --out emotions.jsonl
+`lantern COMMAND --help` shows a command's options, their defaults and examples.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     from lantern.cli import data, llm, models, pipeline, report
+    from lantern.cli.command import GLOBAL_OPTIONS, HelpFormatter
 
-    parser = argparse.ArgumentParser(prog="lantern", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lantern",
+        description=__doc__.splitlines()[0],
+        epilog=_OVERVIEW,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"lantern {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    # Its own flag, not GLOBAL_OPTIONS': that action object is shared by every command, whose
+    # default must stay SUPPRESS so that `-v` before the command survives the command's parsing.
+    parser.add_argument("-v", "--verbose", action="store_true", help=GLOBAL_OPTIONS._actions[-1].help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (data, models, llm, pipeline, report):
         module.register(sub)
+    # argparse lists subcommands in the order they were added, which is the modules' order; the
+    # listing (its one private list) is put in workflow order instead.
+    sub._choices_actions.sort(key=lambda action: WORKFLOW.index(action.dest))
     return parser
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lantern.cli.command import add_command
+from lantern.cli.options import positive_int
 from lantern.corpus.convert import FORMATS, OWN_DEV_SPLIT, TARGETS
 from lantern.errors import LanternError
 from lantern.labels import BUILTIN
@@ -13,13 +15,28 @@ from lantern.labels import BUILTIN
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    data = sub.add_parser(
-        "data", help="convert public ERC files, generate the example corpus, inspect a corpus"
+    data = add_command(
+        sub,
+        "data",
+        help="convert public ERC files or your JSONL into a corpus directory, generate one, inspect one",
+        examples=["lantern data convert ../MELD.Raw --format meld-csv --out corpora/meld7"],
     )
     group = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
-    p = group.add_parser(
-        "convert", help="read a public layout (or your JSONL) into a native corpus directory"
+    p = add_command(
+        group,
+        "convert",
+        help="read a public layout (or your JSONL) into a native corpus directory",
+        description="Read a public ERC layout (IEMOCAP/MELD feature pickles, the MELD and EmoryNLP CSV "
+        "releases) or your own dialogues (JSONL) into a corpus directory, the input of every later stage. "
+        "A bad row is one error line naming file, line and utterance (exit 2); nothing is written.",
+        examples=[
+            "lantern data convert MELD.Raw/ --format meld-csv --out corpora/meld7",
+            "lantern data convert emorynlp/ --format emorynlp-csv --out corpora/emorynlp7",
+            "lantern data convert IEMOCAP_features.pkl --format cogmen --emoeval IEMOCAP_full_release/ "
+            "--out corpora/iemocap6",
+            "lantern data convert mine.jsonl --format jsonl --labels iemocap6 --out corpora/mine",
+        ],
     )
     p.add_argument(
         "src",
@@ -27,16 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SRC",
         help="the input file; for meld-csv / emorynlp-csv the directory holding the three split files",
     )
-    p.add_argument("--format", required=True, choices=FORMATS, help="the input layout")
+    p.add_argument("--format", required=True, choices=FORMATS, help="the input layout (required)")
     p.add_argument(
         "--emoeval", type=Path, metavar="DIR", help="IEMOCAP EmoEvaluation folder(s) to join VAD from"
     )
-    p.add_argument("--labels", metavar="NAME", help=f"label set ({', '.join(BUILTIN)}; default per format)")
+    p.add_argument(
+        "--labels",
+        metavar="NAME",
+        help=f"label set ({', '.join(BUILTIN)}; default: the format's own, or for jsonl the names met)",
+    )
     p.add_argument(
         "--target",
         choices=TARGETS,
         default="emotion",
-        help="meld-csv: label the Emotion column (meld7, default) or the Sentiment column (meld-sentiment)",
+        help="meld-csv: label the Emotion column (meld7) or the Sentiment column (meld-sentiment)",
     )
     p.add_argument(
         "--text-features",
@@ -52,34 +73,42 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of train dialogues (the first ones, in file order) made dev (default 0.1; "
         f"not for {', '.join(OWN_DEV_SPLIT)}, whose files state their splits)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar while embedding transcripts")
+    p.add_argument("--quiet", action="store_true", help="no progress while embedding transcripts")
     p.add_argument(
         "--out", required=True, type=Path, metavar="CORPUS_DIR", help="the corpus directory to write"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus directory")
     p.set_defaults(handler=_convert)
 
-    p = group.add_parser("example", help="write the built-in synthetic IEMOCAP-shaped corpus (not real data)")
+    p = add_command(
+        group,
+        "example",
+        help="write the built-in synthetic IEMOCAP-shaped corpus (not real data)",
+        examples=["lantern data example --out corpora/example --dialogues 30"],
+    )
     p.add_argument(
         "--out", required=True, type=Path, metavar="CORPUS_DIR", help="the corpus directory to write"
     )
     p.add_argument(
-        "--dialogues", type=int, default=151, metavar="N", help="number of dialogues (default 151)"
+        "--dialogues", type=positive_int, default=151, metavar="N", help="number of dialogues"
     )
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
     p.add_argument(
         "--text-features",
         choices=("synthetic", "minilm"),
         default="synthetic",
-        help="'synthetic' class-structured vectors (768-d, default) or MiniLM embeddings of the transcripts",
+        help="'synthetic' class-structured 768-d vectors, or MiniLM embeddings of the transcripts",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus directory")
     p.set_defaults(handler=_example)
 
-    p = group.add_parser(
-        "inspect", help="counts of a corpus directory: dialogues, splits, labels, modalities"
+    p = add_command(
+        group,
+        "inspect",
+        help="counts of a corpus directory: dialogues, splits, labels, modalities",
+        examples=["lantern data inspect corpora/meld7", "lantern data inspect corpora/meld7 --json"],
     )
-    p.add_argument("corpus", type=Path, metavar="CORPUS_DIR")
+    p.add_argument("corpus", type=Path, metavar="CORPUS_DIR", help="a directory `data convert` wrote")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(handler=_inspect)
 
@@ -113,7 +142,7 @@ def _convert(args: argparse.Namespace) -> int:
         dev_fraction=args.dev_fraction,
         target=args.target,
         cache_dir=args.out if args.out.is_dir() else None,
-        progress=False if args.no_progress else None,
+        progress=False if args.quiet else None,
     )
     out = save_corpus(corpus, args.out, overwrite=args.overwrite)
     vad = report.summary() if report is not None else "VAD none (no --emoeval)"

@@ -6,68 +6,113 @@ import argparse
 import json
 from pathlib import Path
 
+from lantern.cli.command import add_command
 from lantern.cli.options import non_negative_float, non_negative_int, positive_float, positive_int
 from lantern.errors import LanternError
+from lantern.train_config import CLASS_WEIGHTS, PRESET_NOTES, PRESETS, TrainConfig
 
 # The registry's names, spelled out so that building the parser does not import torch.
 MODEL_NAMES = ("corect", "sdt")
 SPLIT_CHOICES = ("train", "dev", "test", "all")
-# training.CLASS_WEIGHTS, spelled out for the same reason.
-CLASS_WEIGHT_CHOICES = ("none", "inverse_prior", "sqrt_inverse_prior")
+
+
+def _recipe_default(key: str) -> str:
+    """``default: the recipe's (corect 50, sdt-iemocap 150, ...)``: what a training flag falls back to
+    under each preset, read from the presets themselves so the help never restates a number."""
+    fallback = getattr(TrainConfig(), key)
+    values = ", ".join(f"{name} {recipe.get(key, fallback)}" for name, recipe in PRESETS.items())
+    return f"default: the recipe's — {values}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    models = sub.add_parser("models", help="describe the vanilla models (CORECT, SDT)")
-    group = models.add_subparsers(dest="models_command", required=True, metavar="MODELS_COMMAND")
-    p = group.add_parser(
-        "summary", help="parameter counts of a model for a corpus, or for given classes/widths/speakers"
+    models = add_command(
+        sub,
+        "models",
+        help="describe the vanilla models (CORECT, SDT): parameter counts for a corpus or given sizes",
+        examples=["lantern models summary corect --corpus corpora/meld7"],
     )
-    p.add_argument("model", choices=MODEL_NAMES)
+    group = models.add_subparsers(dest="models_command", required=True, metavar="MODELS_COMMAND")
+    p = add_command(
+        group,
+        "summary",
+        help="parameter counts of a model for a corpus, or for given classes/widths/speakers",
+        examples=[
+            "lantern models summary corect --corpus corpora/iemocap6",
+            "lantern models summary sdt --classes 6 --widths t=1024,a=1582,v=342 --speakers 2 --json",
+        ],
+    )
+    p.add_argument("model", choices=MODEL_NAMES, help="the architecture")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", type=Path, metavar="CORPUS_DIR", help="size the model for this corpus")
     source.add_argument(
         "--classes", type=int, metavar="C", help="number of classes (with --widths, --speakers)"
     )
     p.add_argument("--widths", metavar="t=W,a=W,v=W", help="input width per modality (with --classes)")
-    p.add_argument("--speakers", type=int, default=2, metavar="N", help="speaker vocabulary size (default 2)")
+    p.add_argument("--speakers", type=int, default=2, metavar="N", help="speaker vocabulary size")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(handler=_summary)
 
-    p = sub.add_parser("train", help="train a vanilla model; writes RUN_DIR/vanilla/ and its predictions")
-    p.add_argument("--corpus", required=True, type=Path, metavar="CORPUS_DIR")
-    p.add_argument("--model", required=True, choices=MODEL_NAMES)
-    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR")
+    p = add_command(
+        sub,
+        "train",
+        help="train a vanilla model; writes RUN_DIR/vanilla/ and its predictions",
+        description="Train a vanilla model (CORECT or SDT with a VAD head) on a corpus's train split, "
+        "select the epoch on dev weighted F1, and write the checkpoint and the predictions of every "
+        "split. Every setting left out comes from the recipe (--preset), which the command names.",
+        examples=[
+            "lantern train --corpus corpora/meld7 --model sdt --modalities t --out runs/meld-sdt",
+            "lantern train --corpus corpora/iemocap6 --model corect --out runs/r1 --seed 1 --epochs 30",
+        ],
+    )
+    p.add_argument("--corpus", required=True, type=Path, metavar="CORPUS_DIR", help="the corpus (required)")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="the architecture (required)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="the run directory to write")
     p.add_argument(
         "--preset",
         metavar="NAME",
-        help="training recipe: corect, sdt-iemocap, sdt-meld, corect-meld-text, sdt-meld-text, quick "
-        "(default: the text recipe chosen on MELD dev for a text-only MELD/EmoryNLP corpus, else the "
-        "model's published one)",
+        help=f"training recipe: {', '.join(PRESETS)} (default: the text recipe chosen on MELD dev for a "
+        "text-only MELD/EmoryNLP corpus, else the model's published one)",
     )
-    p.add_argument("--epochs", type=positive_int, metavar="N")
-    p.add_argument("--seed", type=int, metavar="S")
-    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--epochs", type=positive_int, metavar="N", help=f"training epochs ({_recipe_default('epochs')})"
+    )
+    p.add_argument("--seed", type=int, metavar="S", help=f"random seed ({_recipe_default('seed')})")
+    p.add_argument(
+        "--device",
+        metavar="D",
+        help="auto (a GPU when there is one), cpu, cuda, cuda:1, ... (default auto)",
+    )
     p.add_argument(
         "--lambda-vad",
         type=non_negative_float,
         metavar="X",
-        help="weight of the VAD loss (default 1; 0: none)",
+        help=f"weight of the VAD loss, 0 for none (default {TrainConfig().lambda_vad:g})",
     )
-    p.add_argument("--modalities", metavar="t,a,v", help="use only these modalities of the corpus")
-    p.add_argument("--batch-size", type=positive_int, metavar="B", help="dialogues per batch")
-    p.add_argument("--lr", type=positive_float, metavar="LR", help="learning rate")
+    p.add_argument(
+        "--modalities",
+        metavar="t,a,v",
+        help="use only these modalities of the corpus (default: all the corpus has)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="B",
+        help=f"dialogues per batch ({_recipe_default('batch_size')})",
+    )
+    p.add_argument("--lr", type=positive_float, metavar="LR", help=f"learning rate ({_recipe_default('lr')})")
     p.add_argument(
         "--class-weights",
-        choices=CLASS_WEIGHT_CHOICES,
+        choices=CLASS_WEIGHTS,
         help="weigh the classification loss by 1/prior or 1/sqrt(prior) of each class "
-        "(default: the recipe's)",
+        f"({_recipe_default('class_weights')})",
     )
     p.add_argument(
         "--patience",
         type=non_negative_int,
         metavar="N",
-        help="stop after N epochs without a better dev weighted F1 (0: never; default: the recipe's)",
+        help="stop after N epochs without a better dev weighted F1, 0 for never "
+        f"({_recipe_default('patience')})",
     )
     p.add_argument(
         "--crossfit",
@@ -76,18 +121,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         const=5,
         default=0,
         metavar="K",
-        help="also write K-fold cross-fitted train predictions (K = 5 when given alone)",
+        help="also write K-fold cross-fitted train predictions (K = 5 when given alone; default: none)",
     )
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("predict", help="predict a corpus split with a trained vanilla model")
-    p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
-    p.add_argument("--corpus", required=True, type=Path, metavar="CORPUS_DIR")
-    p.add_argument("--split", required=True, choices=SPLIT_CHOICES)
+    p = add_command(
+        sub,
+        "predict",
+        help="predict a corpus split with a trained vanilla model",
+        examples=["lantern predict --run runs/r1 --corpus corpora/iemocap6 --split test --out test.jsonl"],
+    )
+    p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR", help="a trained run (required)")
+    p.add_argument("--corpus", required=True, type=Path, metavar="CORPUS_DIR", help="the corpus (required)")
+    p.add_argument("--split", required=True, choices=SPLIT_CHOICES, help="the split to predict (required)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="predictions JSONL to write")
     p.set_defaults(handler=_predict)
 
-    p = sub.add_parser("evaluate", help="accuracy, weighted F1, per-class F1, confusion matrix")
+    p = add_command(
+        sub,
+        "evaluate",
+        help="accuracy, weighted F1, per-class F1, confusion matrix",
+        examples=["lantern evaluate --predictions test.jsonl", "lantern evaluate --run runs/r1 --json"],
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--predictions", type=Path, metavar="FILE", help="a predictions JSONL file")
     what.add_argument(
@@ -136,7 +191,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lantern.training import PRESET_NOTES, train_run
+    from lantern.training import train_run
 
     modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
     summary = train_run(

@@ -13,7 +13,9 @@
   unlabelled (its label set is then iemocap6, the set the bundled models predict, and every label
   is ``None``).
 - ``vad`` is optional ``[valence, arousal, dominance]`` on the 1-5 scale.
-- ``id`` is optional; it defaults to ``<dialogue id>_<position:03d>``.
+- A dialogue's ``id`` is optional; it defaults to ``line-<line number>``, so a transcript file
+  written without ids still reads and every output row can be traced back to its line. An
+  utterance's ``id`` is optional too; it defaults to ``<dialogue id>_<position:03d>``.
 - The file is UTF-8; a leading byte-order mark (as Windows tools write) is accepted.
 
 There are no feature vectors in the file, so the "t" modality is computed from the transcripts
@@ -89,7 +91,7 @@ def _read_line(
         raise CorpusError(
             f"{where}: expected a JSON object (one dialogue), got {type(raw).__name__}", file=file
         )
-    did = _text_field(raw, "id", file=file, where=where, dialogue=None)
+    did = _text_field(raw, "id", file=file, where=where, dialogue=None) if "id" in raw else f"line-{line}"
     split = raw.get("split", default_split)
     if split is None:
         raise CorpusError(f"{where}: missing 'split' (one of {', '.join(SPLITS)})", file=file, dialogue=did)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
@@ -34,6 +33,7 @@ import numpy as np
 
 from lantern.corpus.dialogue import Corpus, CorpusError
 from lantern.errors import LanternError
+from lantern.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -95,28 +95,22 @@ class TextEncoder:
         Texts are sorted by length and cut into batches of ``batch_size``, as sentence-transformers
         does, so that a batch pads little; the batches are then run in a fixed shuffled order, so
         that the ETA is about right from the start instead of starting with all the long texts.
-        ``progress``: True shows a bar on stderr, False hides it, None shows it only when stderr is
-        a terminal; the start and the time taken are logged either way.
+        ``progress``: True or None shows progress on stderr (a bar on a terminal, lines in a log),
+        False hides it; the start and the time taken are logged either way.
         """
         if batch_size < 1:
             raise LanternError(f"batch_size must be at least 1, got {batch_size}")
         model = _load(self.source)
         if not texts:
             return np.zeros((0, _width(model)), dtype=np.float32)
-        from tqdm import tqdm
-
         by_length = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         batches = [by_length[start : start + batch_size] for start in range(0, len(texts), batch_size)]
         random.Random(0).shuffle(batches)
         log.info("embedding %d texts with %s, %d at a time", len(texts), self.source, batch_size)
         began = time.perf_counter()
         parts = []
-        with tqdm(
-            total=len(texts),
-            unit="utt",
-            desc="embedding transcripts",
-            file=sys.stderr,
-            disable=None if progress is None else not progress,
+        with progress_bar(
+            total=len(texts), unit="utt", desc="embedding transcripts", enabled=progress is not False
         ) as bar:
             for batch in batches:
                 parts.append(

@@ -103,7 +103,8 @@ def _prepare(seed_run: RunDir, work: RunDir, variant: Variant, say: Notify) -> N
     if variant.no_dimensions:
         if work.vanilla.model.exists():
             return
-        from lantern.training import TrainConfig, read_vanilla_meta, train_run
+        from lantern.train_config import TrainConfig
+        from lantern.training import read_vanilla_meta, train_run
 
         meta = read_vanilla_meta(seed_run)
         # The recorded training section also holds facts about the run (where its preset came
