@@ -181,6 +181,14 @@ def test_evaluate_table_and_json(run_dir, capsys):
     table = capsys.readouterr().out
     assert "weighted F1" in table and "confusion" in table and "fru" not in table
     assert f"{report['weighted_f1']:6.2f}" in table
+    assert f"macro F1     {report['macro_f1']:6.2f}" in table and "support" in table
+    hap = next(line for line in table.splitlines() if line.strip().startswith("hap"))
+    assert hap.split()[1:] == [
+        f"{report['per_class_precision']['hap']:.2f}",
+        f"{report['per_class_recall']['hap']:.2f}",
+        f"{report['per_class_f1']['hap']:.2f}",
+        str(report["support"]["hap"]),
+    ]
 
 
 def test_evaluate_elsewhere_uses_class_indices_and_skips_unlabelled(tmp_path, capsys):

@@ -262,9 +262,13 @@ def _print_report(report: dict) -> None:
     print(f"{report['source']}: {report['n']} labelled utterances")
     print(f"  accuracy     {report['accuracy']:6.2f}")
     print(f"  weighted F1  {report['weighted_f1']:6.2f}")
-    print("  per-class F1")
+    print(f"  macro F1     {report['macro_f1']:6.2f}")
+    print("  per class" + " " * (width - 5) + "precision  recall      F1  support")
     for c in classes:
-        print(f"    {c:<{width}}{report['per_class_f1'][c]:6.2f}")
+        print(
+            f"    {c:<{width}}{report['per_class_precision'][c]:9.2f}{report['per_class_recall'][c]:8.2f}"
+            f"{report['per_class_f1'][c]:8.2f}{report['support'][c]:9d}"
+        )
     print("  confusion (rows: gold, columns: predicted)")
     print("    " + " " * width + "".join(f"{c:>{width}}" for c in classes))
     for c, row in zip(classes, report["confusion"], strict=True):
