@@ -180,7 +180,7 @@ def _from_tables(data: dict[str, Any]) -> PipelineConfig:
     for name, table in data.items():
         if not isinstance(table, dict):
             if name in known:
-                raise LanternError(f"[{name}]: expected a table ([{name}] on a line of its own), got {table!r}")
+                raise LanternError(f"[{name}]: expected a table ([{name}] on a line of its own), got {table}")
             raise LanternError(f"{name}: a key outside any table; keys belong in {tables}")
         if name not in known:
             raise LanternError(f"[{name}]: unknown table{_did_you_mean(name, known)}; known: {tables}")
