@@ -9,9 +9,17 @@ import numpy as np
 
 
 def confusion_matrix(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """``(n_classes, n_classes)`` counts; row = gold class, column = predicted class."""
+    """``(n_classes, n_classes)`` counts; row = gold class, column = predicted class.
+
+    A label outside ``[0, n_classes)`` is refused: numpy's indexing would count a -1 in the last
+    class, silently, in every figure computed from the matrix."""
+    g, p = np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    for name, labels in (("gold", g), ("predicted", p)):
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            bad = labels[(labels < 0) | (labels >= n_classes)][0]
+            raise ValueError(f"{name} label {bad} is outside the {n_classes} classes")
     m = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    np.add.at(m, (g, p), 1)
     return m
 
 
