@@ -109,12 +109,14 @@ def paired_bootstrap(
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; 0 when either side is constant (no linear relation can be read)."""
+    """Pearson correlation; 0 when either side is constant (no linear relation can be read).
+
+    Constancy is tested on the values, not the std: three equal values can leave a std of 1e-13
+    after rounding, which would make a correlation out of rounding residue."""
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    sa, sb = a.std(), b.std()
-    if len(a) < 2 or sa == 0 or sb == 0:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
-    return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
+    return float(((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std()))
 
 
 def concordance(x: Sequence[float], y: Sequence[float]) -> float:
