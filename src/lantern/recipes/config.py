@@ -109,7 +109,7 @@ class PipelineConfig:
     def validate(self) -> None:
         """Check every value's range or name and how the sections fit together, before any stage
         runs, with the checks of the components that use them (the preset and training options by
-        :func:`~lantern.training.make_train_config`, the fusion methods by
+        :func:`~lantern.train_config.make_train_config`, the fusion methods by
         :func:`~lantern.fusion.stage.make_method`): a typo must not surface after hours of training.
         An error names the section and key, ``[vanilla] seeds: ...``; :func:`load_config` adds the
         file. A TOML file's types are checked as it is read (:func:`load_config`)."""
@@ -323,7 +323,8 @@ def _check_corpus(c: CorpusSpec) -> None:
 def _check_vanilla(v: VanillaSpec) -> None:
     from lantern.corpus.dialogue import MODALITIES
     from lantern.models.registry import MODELS
-    from lantern.training import make_train_config, resolve_device
+    from lantern.train_config import make_train_config
+    from lantern.training import resolve_device
 
     if v.model not in MODELS:
         raise _expected("vanilla", "model", _choices(MODELS), v.model)
