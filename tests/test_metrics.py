@@ -1,11 +1,129 @@
-"""ERC metrics against cases worked out by hand, and the paired dialogue bootstrap's behaviour."""
+"""ERC metrics against cases worked out by hand and against scikit-learn on random labels, and the
+paired dialogue bootstrap's behaviour.
+
+Lantern keeps its own few lines of numpy for the metrics (no scikit-learn import at run time, and
+the bootstrap calls them thousands of times); these tests hold them to scikit-learn's definitions,
+including classes absent from gold or from the predictions, where the zero-division convention
+decides the score.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from sklearn import metrics as sk
 
-from lantern.metrics import accuracy, classification_report, confusion_matrix, paired_bootstrap, weighted_f1
+from lantern.metrics import (
+    accuracy,
+    classification_report,
+    concordance,
+    confusion_matrix,
+    paired_bootstrap,
+    pearson,
+    per_class_f1,
+    weighted_f1,
+)
+
+
+@st.composite
+def labelled(draw: st.DrawFn, min_size: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
+    """(gold, pred, n_classes): labels in [0, n_classes), often leaving some classes out of gold or
+    out of the predictions (a small n drawn from a large class count), sometimes a single class."""
+    n_classes = draw(st.integers(1, 8))
+    n = draw(st.integers(min_size, 40))
+    used = draw(st.lists(st.integers(0, n_classes - 1), min_size=1, max_size=n_classes, unique=True))
+    gold = draw(st.lists(st.sampled_from(used), min_size=n, max_size=n))
+    pred = draw(st.lists(st.integers(0, n_classes - 1), min_size=n, max_size=n))
+    return np.array(gold), np.array(pred), n_classes
+
+
+# scikit-learn warns when asked for a one-class confusion matrix; here that case is on purpose.
+one_class = pytest.mark.filterwarnings("ignore:A single label was found")
+
+
+@one_class
+@settings(max_examples=300, deadline=None)
+@given(labelled())
+def test_accuracy_confusion_and_f1_equal_scikit_learn(case) -> None:
+    gold, pred, n = case
+    labels = list(range(n))
+    assert accuracy(gold, pred) == pytest.approx(sk.accuracy_score(gold, pred))
+    cm = confusion_matrix(gold, pred, n)
+    np.testing.assert_array_equal(cm, sk.confusion_matrix(gold, pred, labels=labels))
+    f1 = sk.f1_score(gold, pred, labels=labels, average=None, zero_division=0)
+    np.testing.assert_allclose(per_class_f1(cm), f1, atol=1e-12)
+    expected = sk.f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)
+    assert weighted_f1(gold, pred, n) == pytest.approx(expected, abs=1e-12)
+    report = classification_report(gold, pred, [f"c{i}" for i in labels])
+    assert report["accuracy"] == round(100 * sk.accuracy_score(gold, pred), 2)
+    assert report["weighted_f1"] == round(100 * expected, 2)
+    assert list(report["per_class_f1"].values()) == [round(100 * float(v), 2) for v in f1]
+
+
+@one_class
+@settings(max_examples=150, deadline=None)
+@given(labelled(), st.randoms(use_true_random=False))
+def test_a_class_order_permutes_the_confusion_matrix_and_f1_as_in_scikit_learn(case, rnd) -> None:
+    # scikit-learn's ``labels`` argument orders rows and columns; Lantern's order is the class index.
+    gold, pred, n = case
+    order = list(range(n))
+    rnd.shuffle(order)
+    cm = confusion_matrix(gold, pred, n)
+    np.testing.assert_array_equal(cm[np.ix_(order, order)], sk.confusion_matrix(gold, pred, labels=order))
+    f1 = sk.f1_score(gold, pred, labels=order, average=None, zero_division=0)
+    np.testing.assert_allclose(per_class_f1(cm)[order], f1, atol=1e-12)
+
+
+@one_class
+@pytest.mark.parametrize(
+    ("gold", "pred", "n"),
+    [
+        ([2, 2, 2], [2, 2, 2], 3),  # one class, all right: the absent classes weigh nothing
+        ([1, 1], [0, 0], 2),  # one class in gold, never predicted
+        ([0, 0, 0], [1, 2, 1], 4),  # gold's only class predicted nowhere; class 3 absent everywhere
+        ([0], [0], 1),  # a single class in all
+    ],
+)
+def test_single_class_and_absent_class_cases_equal_scikit_learn(gold, pred, n) -> None:
+    labels = list(range(n))
+    assert weighted_f1(gold, pred, n) == pytest.approx(
+        sk.f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)
+    )
+    np.testing.assert_allclose(
+        per_class_f1(confusion_matrix(gold, pred, n)),
+        sk.f1_score(gold, pred, labels=labels, average=None, zero_division=0),
+    )
+
+
+@pytest.mark.parametrize("label", [-1, 3])
+def test_a_label_outside_the_classes_is_refused_not_counted_elsewhere(label) -> None:
+    # numpy would count a -1 in the last class: a silent error in every reported figure.
+    with pytest.raises(ValueError, match="outside the 3 classes"):
+        confusion_matrix([0, 1], [0, label], 3)
+    with pytest.raises(ValueError, match="outside the 3 classes"):
+        weighted_f1([label, 1], [0, 1], 3)
+
+
+finite = st.floats(-1e3, 1e3, allow_nan=False).map(lambda x: round(x, 3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(finite, finite), min_size=2, max_size=30))
+def test_pearson_equals_scipy_and_concordance_is_bounded_by_it(pairs) -> None:
+    x, y = (np.array(v) for v in zip(*pairs, strict=True))
+    r = pearson(x, y)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        # Constant, though rounding can leave the std at 1e-13 (three times 682.742): scipy answers
+        # nan, Lantern exactly 0 (no linear relation can be read), never a rounding residue.
+        assert r == 0.0
+        return
+    assert r == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-9)
+    # Lin's coefficient is Pearson's shrunk by the gap in location and scale; equal when there is none.
+    assert abs(concordance(x, y)) <= abs(r) + 1e-12
+    assert concordance(x, x) == pytest.approx(1.0)
 
 
 def test_weighted_f1_of_a_hand_computed_case() -> None:

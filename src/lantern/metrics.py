@@ -10,9 +10,17 @@ import numpy as np
 
 
 def confusion_matrix(gold: Sequence[int], pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """``(n_classes, n_classes)`` counts; row = gold class, column = predicted class."""
+    """``(n_classes, n_classes)`` counts; row = gold class, column = predicted class.
+
+    A label outside ``[0, n_classes)`` is refused: numpy's indexing would count a -1 in the last
+    class, silently, in every figure computed from the matrix."""
+    g, p = np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    for name, labels in (("gold", g), ("predicted", p)):
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            bad = labels[(labels < 0) | (labels >= n_classes)][0]
+            raise ValueError(f"{name} label {bad} is outside the {n_classes} classes")
     m = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    np.add.at(m, (g, p), 1)
     return m
 
 
@@ -132,12 +140,14 @@ def paired_bootstrap(
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; 0 when either side is constant (no linear relation can be read)."""
+    """Pearson correlation; 0 when either side is constant (no linear relation can be read).
+
+    Constancy is tested on the values, not the std: three equal values can leave a std of 1e-13
+    after rounding, which would make a correlation out of rounding residue."""
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    sa, sb = a.std(), b.std()
-    if len(a) < 2 or sa == 0 or sb == 0:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
-    return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
+    return float(((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std()))
 
 
 def concordance(x: Sequence[float], y: Sequence[float]) -> float:

@@ -48,17 +48,15 @@ class Pipeline:
         self.run = RunDir(run_dir)
         self.notify = notify or (lambda message: log.info("%s", message))
         self.progress = progress
-        if self.config.fusion.train_split == "crossfit":
-            if self.config.vanilla.crossfit < 2:
-                raise LanternError("fusion.train_split = 'crossfit' needs vanilla.crossfit >= 2 (folds)")
-            if "train" not in self.config.llm_splits:
-                self.config.llm_splits = [*self.config.llm_splits, "train"]
+        # Before anything is written: a config built in Python gets the checks a TOML file gets.
+        self.config.validate()
+        if self.config.fusion.train_split == "crossfit" and "train" not in self.config.llm_splits:
+            self.config.llm_splits = [*self.config.llm_splits, "train"]
 
     @property
     def corpus_dir(self) -> Path:
         if self.config.corpus.kind == "native":
-            if not self.config.corpus.path:
-                raise LanternError("corpus.kind = 'native' needs corpus.path")
+            assert self.config.corpus.path is not None  # validate() requires it
             return Path(self.config.corpus.path)
         return self.run.corpus_dir
 
