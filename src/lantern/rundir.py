@@ -349,6 +349,11 @@ def _now() -> str:
 # Typed records of the LLM stage
 
 
+# The share of a split's utterance answers that may fall back to vanilla before the LLM stage stops
+# and fusion refuses them (LLMConfig.max_fallback_rate; the limit of runs that recorded none).
+DEFAULT_MAX_FALLBACK_RATE = 0.2
+
+
 @dataclass
 class LLMSettings:
     """``llm/config.json``: what the answers were made with, so later stages and reruns can check.
