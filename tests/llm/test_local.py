@@ -367,7 +367,7 @@ def test_kill_9_or_sighup_leaves_no_server_and_no_temporary_log(tmp_path, fake_m
         args = ["prompt", "--run", str(run), "--local", "--local-model", str(fake_model),
                 "--local-backend", "llamacpp", "--splits", "test", "--no-progress"]  # fmt: skip
     else:
-        args = ["llm", "serve", "--model", str(fake_model)]
+        args = ["llm", "serve", "--local-model", str(fake_model)]
     proc = subprocess.Popen(
         [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,

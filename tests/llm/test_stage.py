@@ -31,6 +31,7 @@ from lantern.testing.prompt_reader import read_field
 from lantern.testing.runs import make_corpus
 from lantern.testing.runs import make_run as make_runs
 from lantern.testing.server import (
+    DEFAULT_MODEL,
     inject_faults,
     recent_requests,
     reset_server,
@@ -39,6 +40,8 @@ from lantern.testing.server import (
 )
 
 STRIDE, T = 4, 3
+MODEL = DEFAULT_MODEL  # the model the test server lists
+PRICES = json.dumps({MODEL: [1.0, 1.0]})
 CLASSES = list(IEMOCAP6.classes)
 
 
@@ -47,13 +50,22 @@ def make_run(root: Path, dialogues: list[tuple[str, int]], texts: dict[str, str]
     return make_runs(root, make_corpus(dialogues, texts=texts)).root
 
 
-def config(*urls: str, refresh: bool = False, answer_format: str = "probs", **endpoint) -> LLMConfig:
-    options = {"model": "test-model", "timeout": 5.0, "backoff_base": 0.01, "max_retries": 2, **endpoint}
+def config(
+    *urls: str,
+    refresh: bool = False,
+    answer_format: str = "probs",
+    allow_fallbacks: bool = False,
+    **endpoint,
+) -> LLMConfig:
+    """The stage's config for ``urls``; ``allow_fallbacks`` for tests of how fallbacks are made and
+    counted, which would otherwise stop at the fallback-rate limit."""
+    options = {"model": MODEL, "timeout": 5.0, "backoff_base": 0.01, "max_retries": 2, **endpoint}
     return LLMConfig(
         fields=FieldSpec(STRIDE, T),
         prompt=PromptOptions(answer_format=answer_format),
         endpoint=Endpoint(base_urls=[u + "/v1" for u in urls], **options),
         refresh=refresh,
+        allow_fallbacks=allow_fallbacks,
     )
 
 
@@ -88,11 +100,14 @@ def test_every_window_and_utterance_is_answered_and_a_rerun_is_free(tmp_path, fr
     assert stats.retries == 0 and stats.prompt_tokens > 0 and stats.completion_tokens > 0
     assert stats.cost_usd == 0.0 and stats.wall_seconds > 0
     settings = settings_of(run)
-    assert settings.model == "test-model" and (settings.stride, settings.t) == (STRIDE, T)
+    assert settings.model == MODEL and (settings.stride, settings.t) == (STRIDE, T)
     assert set(settings.splits) == {"dev", "test"}
     assert LLMStats.read(RunDir(run).llm.stats) == stats
-    # Settings hold what made the answers, never where they came from.
-    assert "127.0.0.1" not in RunDir(run).llm.settings.read_text() + RunDir(run).llm.stats.read_text()
+    # Settings hold what made the answers and the endpoint they came from (to annotate with it);
+    # the stats hold figures only.
+    assert settings.base_urls == [fresh + "/v1"] and settings.api_key_env == "OPENAI_API_KEY"
+    assert not settings.url_credentials and not settings.embedded
+    assert "127.0.0.1" not in RunDir(run).llm.stats.read_text()
 
     for split, sizes in (("dev", {"d0": 9}), ("test", {"d1": 3, "d2": 14})):
         fields = read_field_answers(run / "llm" / f"answers-{split}.jsonl")
@@ -146,7 +161,9 @@ def test_llamacpp_servers_get_their_own_structured_output_mode(tmp_path):
         assert settings_of(run).response_format == "json_object_schema" and stats.fallbacks == {}
         assert recent_requests(url)[-1]["response_format"]["type"] == "json_object"
         # The OpenAI form makes llama.cpp answer 500: retried, then every utterance falls back, counted.
-        failed = run_llm_stage(run, config(url, server_kind="openai"), ["test"], progress=False)
+        failed = run_llm_stage(
+            run, config(url, server_kind="openai", allow_fallbacks=True), ["test"], progress=False
+        )
     assert failed.fallbacks == {"request:http_500": 9} and not failed.complete
     assert failed.fields_unanswered == 3 and failed.retries == 2
 
@@ -172,7 +189,7 @@ def test_bad_answers_are_retried_then_fall_back_per_utterance(
         monkeypatch.setattr("lantern.llm.formats.ProbsFormat.max_tokens", lambda self, n, c: 100_000)
     # The same bad answer twice: a third try would repeat it (see the word-for-word test below).
     inject_faults(fresh, [{"kind": fault, "count": 2}])
-    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    stats = run_llm_stage(run, config(fresh, allow_fallbacks=True), ["test"], progress=False)
     assert chats(fresh) == 2 and stats.answer_retries == 1
     assert stats.fallbacks == {reason: 3 * len(bad)}
     assert stats.fallback_rate == pytest.approx(len(bad) / 3)
@@ -197,7 +214,7 @@ def test_an_invalid_answer_repeated_word_for_word_is_not_asked_a_third_time(tmp_
     # every probs request with all-zero percentages, and each was asked three times for nothing.
     run = make_run(tmp_path, [("test", 3)])
     inject_faults(fresh, [{"kind": "negative", "count": 3}])
-    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    stats = run_llm_stage(run, config(fresh, allow_fallbacks=True), ["test"], progress=False)
     assert chats(fresh) == 2 and stats.answer_retries == 1
     assert stats.fallbacks == {"negative value": 3}
 
@@ -205,7 +222,7 @@ def test_an_invalid_answer_repeated_word_for_word_is_not_asked_a_third_time(tmp_
 def test_invalid_answers_that_differ_use_every_retry(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 3)])
     inject_faults(fresh, ["negative", "nan", "non_json"])
-    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    stats = run_llm_stage(run, config(fresh, allow_fallbacks=True), ["test"], progress=False)
     assert chats(fresh) == 3 and stats.answer_retries == 2 and stats.fallbacks
 
 
@@ -223,7 +240,7 @@ def test_a_server_without_logprobs_stops_the_logprobs_format_with_a_clear_messag
 def test_a_few_answers_without_logprobs_fall_back_and_are_counted(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 12)])  # five distinct fields
     inject_faults(fresh, [{"kind": "no_logprobs", "count": 2}])
-    cfg = config(fresh, answer_format="logprobs", concurrency=1, max_answer_retries=0)
+    cfg = config(fresh, answer_format="logprobs", concurrency=1, max_answer_retries=0, allow_fallbacks=True)
     stats = run_llm_stage(run, cfg, ["test"], progress=False)
     assert chats(fresh) == 5 and stats.complete
     assert set(stats.fallbacks) == {"no logprobs"} and 0 < stats.fallbacks["no logprobs"] < 12 * T
@@ -240,10 +257,9 @@ def test_one_bad_answer_is_retried_and_the_good_one_cached(tmp_path, fresh):
 
 def test_budget_stops_sending_and_a_rerun_continues(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
-    prices = {"test-model": [100.0, 100.0]}
-    stats = run_llm_stage(
-        run, config(fresh, prices=prices, max_cost=0.5, concurrency=1), ["test"], progress=False
-    )
+    prices = {MODEL: [100.0, 100.0]}
+    limited = config(fresh, prices=prices, max_cost=0.5, concurrency=1, allow_fallbacks=True)
+    stats = run_llm_stage(run, limited, ["test"], progress=False)
     assert 0 < (stats.fields - stats.fields_unanswered) < stats.fields == 7
     assert stats.requests_sent == chats(fresh) == (stats.fields - stats.fields_unanswered)
     assert 0 < stats.cost_usd <= 0.5 and not stats.complete
@@ -322,7 +338,7 @@ def test_a_remote_endpoint_without_its_key_fails_clearly(tmp_path, monkeypatch):
 def _cli(run: Path, url: str, *extra: str, env: dict | None = None) -> list[str]:
     return [
         sys.executable, "-m", "lantern", "-v", "prompt", "--run", str(run), "--base-url", url + "/v1",
-        "--model", "test-model", "--splits", "test", "--no-progress", "--timeout", "5",
+        "--llm-model", MODEL, "--splits", "test", "--no-progress", "--timeout", "5",
         "--answer-format", "probs", *extra,  # as config() asks, so in-process runs share the cache
     ]  # fmt: skip
 
@@ -334,7 +350,7 @@ def test_no_key_reaches_the_run_directory_or_the_logs(tmp_path):
     with running_test_server(api_key=key) as url:  # the server checks it: the key is really used
         inject_faults(url, ["429", "500", "non_json"])
         done = subprocess.run(
-            _cli(run, url, "--api-key-env", "LANTERN_SECRET_KEY", "--max-cost", "100"),
+            _cli(run, url, "--api-key-env", "LANTERN_SECRET_KEY", "--max-cost", "100", "--prices", PRICES),
             env=env, capture_output=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()
@@ -389,7 +405,9 @@ def test_kill_9_then_rerun_sends_only_the_missing_fields(tmp_path):
 def test_fallback_reasons_are_counted_across_splits(tmp_path, fresh):
     run = make_run(tmp_path, [("dev", 3), ("test", 3)])
     inject_faults(fresh, [{"kind": "missing_utterance", "count": 3}])
-    stats = run_llm_stage(run, config(fresh, concurrency=1), ["dev", "test"], progress=False)
+    stats = run_llm_stage(
+        run, config(fresh, concurrency=1, allow_fallbacks=True), ["dev", "test"], progress=False
+    )
     assert stats.splits["dev"].fallbacks == {"missing": 3}
     assert stats.splits["test"].fallbacks == {}
     counted = Counter(
@@ -429,10 +447,9 @@ def test_an_unreadable_200_fails_only_its_own_request(tmp_path, fresh, fault):
 def test_without_usage_tokens_are_estimated_flagged_and_max_cost_holds(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
     inject_faults(fresh, [{"kind": "no_usage", "count": 100}])
-    prices = {"test-model": [100.0, 100.0]}
-    stats = run_llm_stage(
-        run, config(fresh, prices=prices, max_cost=0.5, concurrency=1), ["test"], progress=False
-    )
+    prices = {MODEL: [100.0, 100.0]}
+    limited = config(fresh, prices=prices, max_cost=0.5, concurrency=1, allow_fallbacks=True)
+    stats = run_llm_stage(run, limited, ["test"], progress=False)
     assert stats.tokens_estimated and stats.prompt_tokens > 0 and stats.completion_tokens > 0
     assert 0 < stats.cost_usd <= 0.5 and stats.fallbacks["budget"] > 0
     assert stats.requests_sent == chats(fresh) < 7
@@ -507,7 +524,7 @@ def test_answers_of_another_setting_are_dropped_from_the_settings_record(tmp_pat
 
 def test_a_budget_stopped_prompt_exits_3_and_the_same_command_continues(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
-    prices = ["--prices", json.dumps({"test-model": [100.0, 100.0]}), "--concurrency", "1"]
+    prices = ["--prices", json.dumps({MODEL: [100.0, 100.0]}), "--concurrency", "1"]
     stopped = subprocess.run(_cli(run, fresh, "--max-cost", "0.5", *prices), capture_output=True, timeout=120)
     assert stopped.returncode == 3, stopped.stderr.decode()
     message = stopped.stderr.decode()

@@ -70,7 +70,7 @@ def test_annotate_gives_every_utterance_an_emotion_with_its_fields(text_run, tmp
                 str(out),
                 "--base-url",
                 url,
-                "--model",
+                "--llm-model",
                 "echo",
                 "--quiet",
             ]
@@ -108,7 +108,7 @@ def test_annotate_refuses_a_model_that_needs_audio_and_video(tiny_corpus, tiny_c
                 str(tmp_path / "o.jsonl"),
                 "--base-url",
                 url,
-                "--model",
+                "--llm-model",
                 "m",
                 "--quiet",
             ]
@@ -135,7 +135,7 @@ def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tiny_con
                 "dev",
                 "--base-url",
                 url,
-                "--model",
+                "--llm-model",
                 "sim",
                 "--quiet",
             ]

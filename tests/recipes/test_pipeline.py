@@ -183,7 +183,7 @@ def test_demo_command_prints_table_and_report_path(tmp_path, capsys):
                 "1",
                 "--base-url",
                 url,
-                "--model",
+                "--llm-model",
                 "echo",
                 "--quiet",
             ]

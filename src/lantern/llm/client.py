@@ -20,6 +20,11 @@ policy is part of what a run reports and what the tests check:
 - a :class:`Budget` is charged before every attempt with an upper estimate of its cost and
   settled after, so ``max_cost`` is never crossed by requests in flight.
 
+Before its first request (given ``check_model``) the client checks the endpoint once
+(:meth:`LLMClient.check_endpoint`): a dead URL, refused credentials or a model the server does not
+list is one clear error before anything is spent, while a run answered from the cache needs no
+server at all.
+
 Every 200 is untrusted: its raw body is read and checked here (:func:`read_reply`) rather than by
 the SDK's models. A body that is not JSON, is empty or cut short, or has no ``choices[0].message``
 is a ``bad_response``; a ``usage`` that is not an object of whole token counts between 0 and
@@ -293,6 +298,7 @@ class LLMClient:
         price: Price | None = None,
         budget: Budget | None = None,
         seed: int = 0,
+        check_model: bool | None = None,
     ) -> None:
         if not base_urls:
             raise LanternError("at least one base URL is needed")
@@ -322,6 +328,10 @@ class LLMClient:
         self.budget = budget or Budget(None)
         self._random = random.Random(seed)
         self.stats = ClientStats(per_replica=[0] * len(base_urls))
+        # The endpoint check before the first request (None: none); answers from a cache need none.
+        self._check_model = check_model
+        self._checked = check_model is None
+        self._check_lock = asyncio.Lock()
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -392,7 +402,13 @@ class LLMClient:
 
     async def complete(self, messages: list[dict], params: dict[str, Any]) -> Completion:
         """Send one chat request, retrying transient failures; raises RequestFailed, LLMAuthError,
-        BudgetExhausted."""
+        BudgetExhausted, and before the first request LanternError when the endpoint fails its
+        check (``check_model`` given: :meth:`check_endpoint`)."""
+        if not self._checked:
+            async with self._check_lock:  # one check, the other first requests wait for it
+                if not self._checked:
+                    await self.check_endpoint(check_model=bool(self._check_model))
+                    self._checked = True
         prompt_estimate = estimate_prompt_tokens(messages)
         max_tokens = int(params.get("max_tokens") or 0)
         # Serialised once for every attempt: the SDK sends bytes as they are (no per-attempt copy).

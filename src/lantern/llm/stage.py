@@ -20,10 +20,11 @@ unasked or failed in transport; because only valid answers are cached, running t
 again (with a larger budget) asks exactly those fields and nothing else. ``fallback_rate`` is the
 share of utterance answers (one per utterance per field) that fell back.
 
-Nothing is spent on an endpoint that cannot answer: before the first request the stage checks that
-every base URL answers ``GET /models`` and lists the model (:meth:`LLMClient.check_endpoint`), and
-that ``max_cost`` has a price to count with (:func:`stage_price`); either failing is one line and
-nothing written. While it runs, two rules keep fallbacks from passing for answers:
+Nothing is spent on an endpoint that cannot answer: before anything else the stage checks that
+``max_cost`` has a price to count with (:func:`stage_price`), and before the first request that
+every base URL answers ``GET /models`` and lists the model (:meth:`LLMClient.check_endpoint`; a run
+answered wholly from the cache needs no server); either failing is one line, no answers written.
+While it runs, two rules keep fallbacks from passing for answers:
 
 - after :data:`ABORT_AFTER_FAILURES` requests in a row got no usable answer (transport failures, or
   answers invalid for every utterance), the stage stops at once (incomplete, resumable): a server
@@ -302,11 +303,11 @@ async def _run(
         price=price or FREE,
         budget=Budget(ep.max_cost),
         seed=ep.seed,
+        check_model=ep.embedded or kind_defaults(ep.server_kind).lists_models,
     )
     if price is None:
-        log.warning("no price is known for model %r: its cost is not counted (--prices gives it)", ep.model)
+        log.info("no price is known for model %r: its cost is not counted (--prices gives it)", ep.model)
     try:
-        await client.check_endpoint(check_model=ep.embedded or kind_defaults(ep.server_kind).lists_models)
         with ResponseCache(Path(config.cache_path or run.llm.cache), refresh=config.refresh) as cache:
             return await _ask_splits(
                 run, corpus, config, ep, sources, progress, limit_dialogues, client, cache, started
