@@ -270,14 +270,15 @@ def test_the_stage_starts_uses_and_stops_the_local_server(tmp_path, fake_model, 
 
     monkeypatch.setattr(local, "server_command", llamacpp_stand_in)
     run = make_tiny_run(tmp_path, n=9)
-    config = LLMConfig(
-        endpoint=Endpoint(local_model=str(fake_model), local_backend="llamacpp", concurrency=8)
-    )
+    config = LLMConfig(endpoint=Endpoint(local_model=str(fake_model), local_backend="llamacpp"))
     stats = run_llm_stage(run, config, ["test"], progress=False)
     settings = LLMSettings.read(RunDir(run).llm.settings)
     assert settings.model == local.LOCAL_MODEL_NAME and settings.server_kind == "llamacpp"
+    # Recorded as the embedded model (for annotate), not by the server's passing loopback URL.
+    assert settings.embedded and settings.local_model == str(fake_model)
+    assert settings.local_backend == "llamacpp" and settings.api_key_env is None
     assert stats.complete and stats.fallbacks == {} and stats.requests_sent == 5
-    assert stats.max_in_flight == 1  # one at a time, whatever concurrency asked for
+    assert stats.max_in_flight == 1  # one at a time: the embedded server's default
     assert RunDir(run).llm.server_log.exists()  # the server's log stays with the run
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{started[0]}/v1/models", timeout=2)

@@ -303,7 +303,8 @@ async def _run(
         price=price or FREE,
         budget=Budget(ep.max_cost),
         seed=ep.seed,
-        check_model=ep.embedded or kind_defaults(ep.server_kind).lists_models,
+        # The embedded server needs no check: it was started for this run and answered /models.
+        check_model=None if ep.embedded else kind_defaults(ep.server_kind).lists_models,
     )
     if price is None:
         log.info("no price is known for model %r: its cost is not counted (--prices gives it)", ep.model)
