@@ -88,3 +88,8 @@ def test_an_error_body_that_echoes_the_key_is_scrubbed_before_it_is_shown_or_sto
     assert b"malformed request" in done.stderr and REDACTED.encode() in done.stderr
     assert key.encode() not in done.stdout + done.stderr + _files(run)
     assert LLMStats.read(RunDir(run).llm.stats).transport_errors == {"http_400": 1}
+
+
+def test_punctuation_after_a_url_in_a_message_stays_outside_it():
+    text = "trained on answers of m at http://127.0.0.1:8000; other (at http://u:pw-SECRET@h:9/v1), done."
+    assert scrub(text) == "trained on answers of m at http://127.0.0.1:8000; other (at http://h:9/v1), done."
