@@ -113,7 +113,7 @@ def test_annotate_refuses_another_llm_than_the_run_was_prompted_with(
     assert _annotate(run_dir, _dialogues(tmp_path / "mine.jsonl"), out, *flags) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and named in err
-    assert f"trained on answers of {SIMULATED_MODEL} at {url}" in err
+    assert "asks another LLM" in err and f"was trained on ({SIMULATED_MODEL} at {url})" in err
     assert not out.exists() and _served(url) == before
 
 

@@ -289,8 +289,9 @@ def recorded_endpoint(settings: LLMSettings, overrides: dict[str, Any], where: s
 
     def refuse(what: str) -> LanternError:
         return LanternError(
-            f"{where}: the run's fusion was trained on answers of {llm}; {what} would feed it another "
-            "LLM's answers (prompt and fuse a run with that LLM instead)"
+            f"{where}: {what} asks another LLM than the one whose answers the run's fusion was trained on "
+            f"({llm}), which would weigh its answers as that one's; leave it out, or prompt and fuse a "
+            "run with that LLM"
         )
 
     if embedded and urls:
