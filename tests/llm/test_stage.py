@@ -533,3 +533,158 @@ def test_a_budget_stopped_prompt_exits_3_and_the_same_command_continues(tmp_path
     done = subprocess.run(_cli(run, fresh, "--max-cost", "100", *prices), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert chats(fresh) == 7  # only the fields the budget had left unanswered were sent
+
+
+# ---- before anything is spent: a dead or wrong endpoint, a budget without a price
+
+
+def _written(run: Path) -> set[str]:
+    """The LLM stage's records and answers present in the run (what "nothing written" is about)."""
+    return {p.name for p in (run / "llm").glob("*") if p.suffix in (".json", ".jsonl")}
+
+
+def test_a_dead_endpoint_is_one_line_exit_2_and_nothing_written(tmp_path):
+    from lantern.llm.local import free_port
+
+    run = make_run(tmp_path, [("test", 9)])
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run(_cli(run, url), capture_output=True, timeout=60)
+    assert done.returncode == 2
+    message = done.stderr.decode().strip().splitlines()[-1]
+    assert message == (
+        f"lantern: error: cannot reach {url}/v1 (model {MODEL}): connection refused; "
+        "is the server up and the URL right?"
+    )
+    assert "Traceback" not in done.stderr.decode() and "WARNING" not in done.stderr.decode()
+    assert _written(run) == set()
+
+
+def test_a_model_the_server_does_not_list_is_refused_before_any_request(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 9)])
+    with pytest.raises(LanternError, match=r"does not serve model 'gpt-4o' \(it lists: lantern-test-llm\)"):
+        run_llm_stage(run, config(fresh, model="gpt-4o"), ["test"], progress=False)
+    assert chats(fresh) == 0 and _written(run) == set()
+    # A server of kind "other" may answer names it does not list: its list is not checked.
+    named = config(fresh, model="gpt-4o", server_kind="other")
+    stats = run_llm_stage(run, named, ["test"], progress=False)
+    assert stats.complete and chats(fresh) == 5
+
+
+def test_a_budget_for_a_model_without_a_price_is_refused_before_anything_is_sent(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 9)])
+    reset_server(fresh)
+    done = subprocess.run(_cli(run, fresh, "--max-cost", "0.0001"), capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert f"--max-cost needs the price of model '{MODEL}'" in done.stderr.decode()
+    assert {k: v for k, v in server_stats(fresh)["requests"].items() if k != "/_control/stats"} == {}
+    assert _written(run) == set()
+
+
+def test_a_built_in_price_counts_the_cost_of_a_dated_model_name(tmp_path):
+    run = make_run(tmp_path, [("test", 9)])
+    with running_test_server(model="gpt-4o-2024-08-06") as url:
+        dated = config(url, model="gpt-4o-2024-08-06", max_cost=5.0)
+        stats = run_llm_stage(run, dated, ["test"], progress=False)
+    # gpt-4o's built-in price: $2.50 and $10 per 1M prompt and completion tokens.
+    expected = (stats.prompt_tokens * 2.5 + stats.completion_tokens * 10.0) / 1e6
+    assert stats.complete and stats.cost_usd == pytest.approx(expected, abs=1e-6) and stats.cost_usd > 0
+
+
+# ---- fallbacks: the limit per split, and a run of failures
+
+
+def test_a_split_above_the_fallback_limit_stops_with_exit_3_and_the_same_command_continues(tmp_path, fresh):
+    run = make_run(tmp_path, [("dev", 3), ("test", 3)])  # one distinct request per split
+    inject_faults(fresh, [{"kind": "non_json", "count": 2}])  # dev's answer: invalid, and so is its retry
+    stopped = subprocess.run(_cli(run, fresh, "--splits", "dev,test"), capture_output=True, timeout=60)
+    assert stopped.returncode == 3
+    message = stopped.stderr.decode().strip().splitlines()[-1]
+    assert message.startswith("lantern: dev: 100.0% of the utterance answers fell back")
+    assert "above max_fallback_rate 20%" in message and "--allow-fallbacks" in message
+    # dev was written with its rate and limit; test was not asked.
+    settings = settings_of(run)
+    assert set(settings.splits) == {"dev"} and settings.splits["dev"]["max_fallback_rate"] == 0.2
+    assert settings.splits["dev"]["fallback_rate"] == 1.0 and chats(fresh) == 2
+    done = subprocess.run(_cli(run, fresh, "--splits", "dev,test"), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert chats(fresh) == 2 + 2  # dev's field again, and test's
+    assert settings_of(run).splits["dev"]["fallback_rate"] == 0.0
+
+
+def test_allowed_fallbacks_are_recorded_without_a_limit(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 3)])
+    inject_faults(fresh, [{"kind": "non_json", "count": 3}])
+    done = subprocess.run(_cli(run, fresh, "--allow-fallbacks"), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    entry = settings_of(run).splits["test"]
+    assert entry["fallback_rate"] == 1.0 and entry["max_fallback_rate"] is None
+    limited = subprocess.run(_cli(run, fresh, "--max-fallback-rate", "0.9"), capture_output=True, timeout=60)
+    assert limited.returncode == 0 and settings_of(run).splits["test"]["max_fallback_rate"] == 0.9
+
+
+def test_requests_failing_in_a_row_stop_the_stage_early_and_it_resumes(tmp_path, fresh):
+    from lantern.errors import StageIncomplete
+    from lantern.llm.stage import ABORT_AFTER_FAILURES
+
+    run = make_run(tmp_path, [("test", 60)])  # 17 distinct fields
+    inject_faults(fresh, [{"kind": "500", "count": 1000}])  # a server that answers 500 to everything
+    cfg = config(fresh, max_retries=0, concurrency=2)
+    pattern = rf"last {ABORT_AFTER_FAILURES} requests to {fresh}/v1 \(model {MODEL}\) all failed \(http_500"
+    with pytest.raises(StageIncomplete, match=pattern):
+        run_llm_stage(run, cfg, ["test"], progress=False)
+    assert ABORT_AFTER_FAILURES <= chats(fresh) <= ABORT_AFTER_FAILURES + 2  # not all 17
+    assert _written(run) == set()
+    reset_server(fresh)
+    stats = run_llm_stage(run, cfg, ["test"], progress=False)
+    assert stats.complete and stats.requests_sent == 17
+
+
+# ---- trying before spending: --dry-run, --limit-dialogues
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_dry_run_sends_nothing_writes_nothing_and_counts_what_the_cache_holds(tmp_path, fresh):
+    run = make_run(tmp_path, [("dev", 9), ("test", 3), ("test", 14)])
+    prices = json.dumps({MODEL: [2.0, 8.0]})
+    before = _tree(tmp_path)
+    command = _cli(run, fresh, "--splits", "dev,test", "--dry-run", "--prices", prices)
+    planned = subprocess.run(command, capture_output=True, timeout=60)
+    assert planned.returncode == 0, planned.stderr.decode()
+    out = planned.stdout.decode()
+    assert "dev: 1 dialogues, 5 fields, 5 distinct requests, 0 in the cache, 5 to send" in out
+    assert "test: 2 dialogues, 9 fields, 7 distinct requests, 0 in the cache, 7 to send" in out
+    assert f"total: 12 requests to {MODEL}" in out and "cost at most $" in out
+    assert "nothing was sent and nothing written" in out
+    assert server_stats(fresh)["requests"].keys() <= {"/_control/stats", "/_control/reset"}
+    assert _tree(tmp_path) == before
+    # After a run that asked the test split, the cache answers it.
+    run_llm_stage(run, config(fresh), ["test"], progress=False)
+    command = _cli(run, fresh, "--splits", "dev,test", "--dry-run")
+    again = subprocess.run(command, capture_output=True, timeout=60)
+    out = again.stdout.decode()
+    assert "test: 2 dialogues, 9 fields, 7 distinct requests, 7 in the cache, 0 to send" in out
+    assert f"total: 5 requests to {MODEL}" in out and f"cost unknown: no price for {MODEL}" in out
+    assert chats(fresh) == 7
+
+
+def test_a_slice_of_dialogues_is_prompted_recorded_and_refused_by_fusion_until_the_whole_split_is(
+    tmp_path, fresh
+):
+    from lantern.fusion import fuse_run
+
+    run = make_run(tmp_path, [("dev", 9), ("dev", 5), ("test", 3), ("test", 14)])
+    stats = run_llm_stage(run, config(fresh), ["dev", "test"], progress=False, limit_dialogues=1)
+    assert stats.unique_requests == 5 + 1 and chats(fresh) == 6
+    answered = {a.dialogue for a in read_field_answers(run / "llm" / "answers-test.jsonl")}
+    assert answered == {"d2"}
+    entry = settings_of(run).splits["test"]
+    assert (entry["limit_dialogues"], entry["dialogues"], entry["dialogues_total"]) == (1, 1, 2)
+    with pytest.raises(LanternError, match=r"answers-dev\.jsonl: the dev answers cover 1 of 2 dialogues"):
+        fuse_run(run, ["uniform"], allow_fallbacks=True)
+    whole = run_llm_stage(run, config(fresh), ["dev", "test"], progress=False)
+    assert whole.cache_hits == 6 and chats(fresh) == whole.unique_requests  # the slice was not asked again
+    assert "limit_dialogues" not in settings_of(run).splits["test"]
+    assert set(fuse_run(run, ["uniform"])) == {"uniform"}

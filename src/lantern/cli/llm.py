@@ -123,7 +123,9 @@ def _print_plan(plan: StagePlan) -> None:
     to_send = sum(s.to_send for s in plan.splits)
     prompt_tokens = sum(s.prompt_tokens for s in plan.splits)
     completion = sum(s.max_completion_tokens for s in plan.splits)
-    if plan.price is None:
+    if plan.embedded:
+        cost = "the embedded model costs nothing"
+    elif plan.price is None:
         cost = f"cost unknown: no price for {plan.model} (give it with --prices)"
     else:
         cost = (

@@ -371,7 +371,7 @@ class LLMClient:
                     "is the server up and the URL right?"
                 ) from None
             except openai.APIConnectionError as exc:
-                cause = self._redact(_short(str(exc.__cause__ or exc)))
+                cause = self._redact(_short(_root_cause(exc)))
                 raise LanternError(
                     f"cannot reach {what}: {cause}; is the server up and the URL right?"
                 ) from None
@@ -517,6 +517,17 @@ class LLMClient:
                 logprobs=reply.logprobs,
             )
         )
+
+
+def _root_cause(exc: BaseException) -> str:
+    """What a connection failure comes down to (``connection refused``, ``Name or service not
+    known``), from the innermost exception the HTTP stack chained."""
+    inner = exc
+    while (inner.__cause__ or inner.__context__) is not None:
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    if isinstance(inner, ConnectionRefusedError):
+        return "connection refused"
+    return (inner.strerror if isinstance(inner, OSError) else None) or str(inner) or type(inner).__name__
 
 
 def _serves(served: list[str], model: str) -> bool:

@@ -210,6 +210,7 @@ class StagePlan:
     model: str
     price: Price | None
     splits: list[PlannedSplit]
+    embedded: bool = False
 
     @property
     def cost_at_most(self) -> float | None:
@@ -271,7 +272,7 @@ def plan_llm_stage(
                 max_completion_tokens=sum(int(r.params["max_tokens"]) for r in fresh),
             )
         )
-    return StagePlan(model=model, price=price, splits=planned)
+    return StagePlan(model=model, price=price, splits=planned, embedded=ep.local)
 
 
 async def _run(
