@@ -454,3 +454,35 @@ def test_the_kernel_stops_the_guard_at_once_when_its_parent_is_killed():
     finally:
         kill_all(below)
         starter.stdout.close()
+
+
+def test_serve_prints_the_flags_that_prompt_it_and_they_work(tmp_path, fake_model):
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_WITH_STAND_IN)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "llm", "serve", "--local-model", str(fake_model), "--local-backend",
+         "llamacpp"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith("serving ")
+        line = proc.stdout.readline().strip()
+        prefix = "prompt with it: lantern prompt --run RUN_DIR "
+        assert line.startswith(prefix)
+        flags = line.removeprefix(prefix).split()
+        assert flags[flags.index("--llm-model") + 1] == local.LOCAL_MODEL_NAME
+        assert flags[flags.index("--server-kind") + 1] == "llamacpp"
+        assert flags[flags.index("--concurrency") + 1] == "1"
+        run = make_tiny_run(tmp_path / "run", n=3)
+        done = subprocess.run(
+            [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--splits", "test",
+             "--no-progress", *flags],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
