@@ -86,10 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _endpoint(args: argparse.Namespace):
-    """The endpoint the command line names, or None to keep the recipe's own (the embedded model)."""
+    """The endpoint the command line names, or None to keep the recipe's own (the embedded model);
+    a budget without a price is refused now, not after the stages before the LLM's have run."""
     from lantern.cli.options import endpoint_from_args
+    from lantern.llm.stage import stage_price
 
     endpoint = endpoint_from_args(args)
+    stage_price(endpoint)
     return None if endpoint == type(endpoint)() else endpoint
 
 

@@ -78,7 +78,7 @@ def annotate(
     """
     from lantern.corpus.native import corpus_fingerprint, load_corpus, save_corpus
     from lantern.fusion import FusionMethod, build_inputs
-    from lantern.llm.stage import run_llm_stage
+    from lantern.llm.stage import run_llm_stage, stage_price
     from lantern.training import load_checkpoint, predict
 
     say = notify or (lambda _m: None)
@@ -88,6 +88,7 @@ def annotate(
         raise FileNotFoundError(f"{files.dir}: fusion method {method!r} was not fitted in this run")
     settings = LLMSettings.read(seed_run.llm.settings)
     endpoint = recorded_endpoint(settings, endpoint_overrides or {}, str(seed_run.llm.settings))
+    stage_price(endpoint)  # a budget without a price: refused before any work
     say(f"[annotate] LLM: {endpoint.describe()}")
     if settings.base_urls and [public_url(u) for u in endpoint.base_urls] != settings.base_urls:
         say(f"[annotate] (the run was prompted with the same model at {', '.join(settings.base_urls)})")
