@@ -212,3 +212,28 @@ def test_corpus_example_spec_builds_in_the_run_directory(tmp_path):
     assert len(corpus) == 5
     with pytest.raises(ValueError, match="kind"):
         build_corpus(replace(CorpusSpec(), kind="nope"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        ["ablate", "--run", "r"],
+        ["annotate", "--run", "r", "--input", "i.jsonl", "--out", "o.jsonl"],
+    ],
+)
+def test_every_command_that_takes_a_budget_takes_prices_too(command):
+    from lantern.cli import build_parser
+
+    args = build_parser().parse_args(
+        [*command, "--llm-model", "my-model", "--max-cost", "1", "--prices", '{"my-model": [1, 2]}']
+    )
+    assert args.max_cost == 1.0 and args.prices == {"my-model": [1.0, 2.0]} and args.model == "my-model"
+
+
+def test_a_demo_with_a_budget_but_no_price_is_refused_before_any_stage(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--base-url", "http://127.0.0.1:9/v1", "--llm-model", "my-model",
+                 "--max-cost", "1", "--quiet"])  # fmt: skip
+    assert code == 2 and "--max-cost needs the price of model 'my-model'" in capsys.readouterr().err
+    assert not out.exists()
