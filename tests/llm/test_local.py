@@ -291,7 +291,7 @@ def test_the_stage_runs_on_the_embedded_smollm2(tmp_path, backend):
     run = make_tiny_run(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--local", "--local-backend", backend,
-         "--splits", "test", "--no-progress", "--timeout", "600", "--max-answer-retries", "1"],
+         "--splits", "test", "--quiet", "--timeout", "600", "--max-answer-retries", "1"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -366,7 +366,7 @@ def test_kill_9_or_sighup_leaves_no_server_and_no_temporary_log(tmp_path, fake_m
     scratch.mkdir()
     if command == "prompt":
         args = ["prompt", "--run", str(run), "--local", "--local-model", str(fake_model),
-                "--local-backend", "llamacpp", "--splits", "test", "--no-progress"]  # fmt: skip
+                "--local-backend", "llamacpp", "--splits", "test", "--quiet"]  # fmt: skip
     else:
         args = ["llm", "serve", "--local-model", str(fake_model)]
     proc = subprocess.Popen(
@@ -476,7 +476,7 @@ def test_serve_prints_the_flags_that_prompt_it_and_they_work(tmp_path, fake_mode
         run = make_tiny_run(tmp_path / "run", n=3)
         done = subprocess.run(
             [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--splits", "test",
-             "--no-progress", *flags],
+             "--quiet", *flags],
             capture_output=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()

@@ -56,7 +56,7 @@ def test_run_json_and_the_report_hold_no_url_secret():
 def _prompt(run: Path, base_url: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "lantern", "-v", "prompt", "--run", str(run), "--base-url", base_url,
-        "--llm-model", DEFAULT_MODEL, "--splits", "test", "--no-progress", "--timeout", "5", *extra,
+        "--llm-model", DEFAULT_MODEL, "--splits", "test", "--quiet", "--timeout", "5", *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, timeout=120, env=env)
 

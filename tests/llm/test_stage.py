@@ -338,7 +338,7 @@ def test_a_remote_endpoint_without_its_key_fails_clearly(tmp_path, monkeypatch):
 def _cli(run: Path, url: str, *extra: str, env: dict | None = None) -> list[str]:
     return [
         sys.executable, "-m", "lantern", "-v", "prompt", "--run", str(run), "--base-url", url + "/v1",
-        "--llm-model", MODEL, "--splits", "test", "--no-progress", "--timeout", "5",
+        "--llm-model", MODEL, "--splits", "test", "--quiet", "--timeout", "5",
         "--answer-format", "probs", *extra,  # as config() asks, so in-process runs share the cache
     ]  # fmt: skip
 

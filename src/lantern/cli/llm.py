@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start a fresh answer cache, asking everything again (the old one is kept beside it, "
         "renamed cache.sqlite.refreshed-<time>)",
     )
-    prompt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prompt.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     prompt.set_defaults(handler=_prompt)
 
     llm = sub.add_parser("llm", help="LLM utilities")
@@ -88,7 +88,7 @@ def _prompt(args: argparse.Namespace) -> int:
         args.run,
         config,
         splits,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         notify=_notify,
         limit_dialogues=args.limit_dialogues,
     )

@@ -38,8 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fuse", help="fit fusion methods on a run's held-out split and predict test")
     p.add_argument("--run", required=True, type=Path, help="a single-seed run directory")
     p.add_argument("--method", action="append", help="fusion method (repeatable; default: all)")
-    p.add_argument("--train-split", default="dev", choices=["dev", "crossfit"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--train-split",
+        default="dev",
+        choices=["dev", "crossfit"],
+        help="what fusion is fitted on: dev, or the cross-fitted train predictions (default dev)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the fusion fits (default 0)")
     p.add_argument(
         "--allow-fallbacks",
         action="store_true",
