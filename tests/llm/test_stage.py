@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -688,3 +689,19 @@ def test_a_slice_of_dialogues_is_prompted_recorded_and_refused_by_fusion_until_t
     assert whole.cache_hits == 6 and chats(fresh) == whole.unique_requests  # the slice was not asked again
     assert "limit_dialogues" not in settings_of(run).splits["test"]
     assert set(fuse_run(run, ["uniform"])) == {"uniform"}
+
+
+def test_answers_invalid_in_a_row_stop_the_stage_unless_fallbacks_are_allowed(tmp_path, fresh):
+    from lantern.errors import StageIncomplete
+    from lantern.llm.stage import ABORT_AFTER_FAILURES
+
+    run = make_run(tmp_path, [("test", 60)])  # 17 distinct fields
+    inject_faults(fresh, [{"kind": "non_json", "count": 1000}])  # a live server that cannot answer
+    cfg = config(fresh, concurrency=1, max_answer_retries=0)
+    with pytest.raises(StageIncomplete, match=rf"last {ABORT_AFTER_FAILURES} requests .* \(invalid answer"):
+        run_llm_stage(run, cfg, ["test"], progress=False)
+    stopped = chats(fresh)
+    assert ABORT_AFTER_FAILURES <= stopped <= ABORT_AFTER_FAILURES + 1  # one may be on its way
+    # Accepted fallbacks: the server answers, so the stage goes on to the end.
+    stats = run_llm_stage(run, replace(cfg, allow_fallbacks=True), ["test"], progress=False)
+    assert stats.fallback_rate == 1.0 and chats(fresh) == stopped + 17
