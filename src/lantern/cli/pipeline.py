@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from lantern.cli.options import add_endpoint_arguments, positive_int
+from lantern.cli.options import add_endpoint_arguments, add_fallback_arguments, positive_int
 
 # The stage names of lantern.recipes.pipeline.STAGES, spelled out so that building the parser
 # does not import the pipeline (and torch through it).
@@ -38,8 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fuse", help="fit fusion methods on a run's held-out split and predict test")
     p.add_argument("--run", required=True, type=Path, help="a single-seed run directory")
     p.add_argument("--method", action="append", help="fusion method (repeatable; default: all)")
-    p.add_argument("--train-split", default="dev", choices=["dev", "crossfit"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--train-split",
+        default="dev",
+        choices=["dev", "crossfit"],
+        help="what fusion is fitted on: dev, or the cross-fitted train predictions (default dev)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the fusion fits (default 0)")
+    p.add_argument(
+        "--allow-fallbacks",
+        action="store_true",
+        help="fuse answers whose fallback rate is above the limit recorded with them (default: refuse "
+        "them)",
+    )
     p.set_defaults(handler=_fuse)
 
     p = sub.add_parser("annotate", help="emotions for your own dialogues through a trained run")
@@ -48,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output JSONL, one object per utterance")
     p.add_argument("--method", default="attention", help="fusion method to apply (default attention)")
     add_endpoint_arguments(p)
+    add_fallback_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_annotate)
 
@@ -79,10 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _endpoint(args: argparse.Namespace):
-    """The endpoint the command line names, or None to keep the recipe's own (the embedded model)."""
+    """The endpoint the command line names, or None to keep the recipe's own (the embedded model);
+    a budget without a price is refused now, not after the stages before the LLM's have run."""
     from lantern.cli.options import endpoint_from_args
+    from lantern.llm.stage import stage_price
 
     endpoint = endpoint_from_args(args)
+    stage_price(endpoint)
     return None if endpoint == type(endpoint)() else endpoint
 
 
@@ -126,7 +141,13 @@ def _fuse(args: argparse.Namespace) -> int:
     from lantern.fusion import fuse_run
     from lantern.rundir import RunDir
 
-    summary = fuse_run(args.run, args.method, train_split=args.train_split, seed=args.seed)
+    summary = fuse_run(
+        args.run,
+        args.method,
+        train_split=args.train_split,
+        seed=args.seed,
+        allow_fallbacks=args.allow_fallbacks,
+    )
     for name, info in summary.items():
         print(
             f"{name:15s} trained={info['trained']!s:5s} train utterances={info['n_train']:5d} "
@@ -136,6 +157,7 @@ def _fuse(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
+    from lantern.cli.options import endpoint_overrides
     from lantern.recipes.annotate import annotate
 
     summary = annotate(
@@ -143,7 +165,9 @@ def _annotate(args: argparse.Namespace) -> int:
         args.input,
         args.out,
         method=args.method,
-        endpoint=_endpoint(args),
+        endpoint_overrides=endpoint_overrides(args),
+        max_fallback_rate=args.max_fallback_rate,
+        allow_fallbacks=args.allow_fallbacks,
         notify=_notify,
         progress=not args.quiet,
     )

@@ -5,6 +5,12 @@ the cross-fitted training predictions) and of test, after checking that each ans
 prompted with exactly those predictions and the run's current LLM settings
 (:meth:`lantern.rundir.LLMSettings.check`); writes per method its config, weights, test predictions
 and mean attention by position.
+
+Answers that are mostly vanilla are refused (:func:`check_coverage`): a split whose share of
+fallen-back utterance answers is above the ``max_fallback_rate`` recorded with it (the default
+limit for runs that recorded none) would teach the fusion that "the LLM" says what vanilla says,
+unless ``allow_fallbacks``; answers of a slice (``lantern prompt --limit-dialogues``) are refused
+whatever the flag, since fusion needs an answer for every utterance it fuses.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lantern.answers import read_field_answers
+from lantern.answers import FALLBACK, FieldAnswer, read_field_answers
 from lantern.errors import LanternError
 from lantern.fusion.crossval import SearchCV
 from lantern.fusion.inputs import FusionInputs, build_inputs
@@ -28,7 +34,7 @@ from lantern.fusion.methods import (
     UnguardedAttentionWeighting,
 )
 from lantern.predictions import Prediction, read_predictions, write_predictions
-from lantern.rundir import LLMSettings, RunDir, write_json
+from lantern.rundir import DEFAULT_MAX_FALLBACK_RATE, LLMSettings, RunDir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +71,37 @@ def _same_search(a: FusionMethod | SearchCV, b: FusionMethod | SearchCV | None) 
     )
 
 
-def _load(run: RunDir, settings: LLMSettings, split: str) -> tuple[list[Prediction], FusionInputs]:
+def check_coverage(
+    settings: LLMSettings, split: str, answers: list[FieldAnswer], path: Path, *, allow_fallbacks: bool
+) -> None:
+    """Refuse a split's answers that cover part of it, or that fell back above their limit (unless
+    ``allow_fallbacks``); one line naming the file, the rate and the way out."""
+    entry = settings.splits.get(split, {})
+    if entry.get("limit_dialogues") is not None:
+        raise LanternError(
+            f"{path}: the {split} answers cover {entry.get('dialogues')} of {entry.get('dialogues_total')} "
+            f"dialogues (lantern prompt --limit-dialogues {entry['limit_dialogues']}); prompt the whole "
+            "split before fusing (the slice's answers are cached)"
+        )
+    limit = entry.get("max_fallback_rate", DEFAULT_MAX_FALLBACK_RATE)
+    if allow_fallbacks or limit is None:
+        return
+    statuses = [u.status for a in answers for u in a.utterances]
+    rate = sum(s == FALLBACK for s in statuses) / len(statuses) if statuses else 0.0
+    if rate > limit:
+        raise LanternError(
+            f"{path}: {rate:.1%} of the {split} utterance answers fell back to vanilla, above the "
+            f"{limit:.0%} allowed; prompt again (lantern prompt continues from the cache) or fuse them "
+            "anyway with --allow-fallbacks"
+        )
+
+
+def _load(
+    run: RunDir, settings: LLMSettings, split: str, allow_fallbacks: bool
+) -> tuple[list[Prediction], FusionInputs]:
     """Predictions and inputs of one split (``crossfit``: the cross-fitted train predictions with the
-    train answers), after checking that the answers were prompted with those predictions."""
+    train answers), after checking that the answers were prompted with those predictions and are
+    answers enough (:func:`check_coverage`)."""
     predictions_path = run.vanilla.crossfit_predictions if split == "crossfit" else run.predictions(split)
     answers_split = "train" if split == "crossfit" else split
     answers_path = run.answers(answers_split)
@@ -75,8 +109,10 @@ def _load(run: RunDir, settings: LLMSettings, split: str) -> tuple[list[Predicti
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing (fusion needs the vanilla and LLM stages' outputs)")
     settings.check(answers_split, predictions_path, answers_path)
+    answers = read_field_answers(answers_path)
+    check_coverage(settings, answers_split, answers, answers_path, allow_fallbacks=allow_fallbacks)
     predictions = read_predictions(predictions_path)
-    return predictions, build_inputs(predictions, read_field_answers(answers_path), settings.t)
+    return predictions, build_inputs(predictions, answers, settings.t)
 
 
 def fuse_run(
@@ -86,11 +122,13 @@ def fuse_run(
     train_split: str = "dev",
     seed: int = 0,
     params: dict[str, dict[str, Any]] | None = None,
+    allow_fallbacks: bool = False,
 ) -> dict[str, Any]:
     """Fit every fusion method on ``train_split`` ("dev" or "crossfit") and write its test predictions.
 
     ``params`` overrides a method's hyperparameters or its search grid (e.g.
-    ``{"attention": {"use_offset": True, "epoch_grid": [200]}}``). Returns a summary per method.
+    ``{"attention": {"use_offset": True, "epoch_grid": [200]}}``). ``allow_fallbacks`` fuses answers
+    whose fallback rate is above the limit recorded with them. Returns a summary per method.
     """
     run = RunDir(run_dir)
     if train_split not in TRAIN_SPLITS:
@@ -98,8 +136,8 @@ def fuse_run(
     names = list(METHODS) if methods is None else list(methods)
     estimators = {name: make_method(name, seed=seed, params=(params or {}).get(name)) for name in names}
     settings = LLMSettings.read(run.llm.settings)
-    _, train_inputs = _load(run, settings, train_split)
-    test_predictions, test_inputs = _load(run, settings, "test")
+    _, train_inputs = _load(run, settings, train_split, allow_fallbacks)
+    test_predictions, test_inputs = _load(run, settings, "test", allow_fallbacks)
 
     summary: dict[str, Any] = {}
     fitted: dict[str, FusionMethod] = {}

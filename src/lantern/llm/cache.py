@@ -67,6 +67,24 @@ def cache_key(model: str, messages: list[dict], params: dict[str, Any], template
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def cached_keys(path: str | Path) -> set[str]:
+    """The keys stored in the cache at ``path``, read without writing anything (for a dry run): the
+    file is opened immutable — no lock, no WAL files created, nothing moved aside — so answers still
+    in a WAL file left by a killed run are not seen (an estimate errs high). Empty when there is no
+    readable cache."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+        try:
+            return {row[0] for row in db.execute("SELECT key FROM answers")}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return set()
+
+
 @dataclass(frozen=True)
 class CachedAnswer:
     """A stored answer: the raw response text, the usage it cost when it was first asked, the

@@ -20,6 +20,11 @@ policy is part of what a run reports and what the tests check:
 - a :class:`Budget` is charged before every attempt with an upper estimate of its cost and
   settled after, so ``max_cost`` is never crossed by requests in flight.
 
+Before its first request (given ``check_model``) the client checks the endpoint once
+(:meth:`LLMClient.check_endpoint`): a dead URL, refused credentials or a model the server does not
+list is one clear error before anything is spent, while a run answered from the cache needs no
+server at all.
+
 Every 200 is untrusted: its raw body is read and checked here (:func:`read_reply`) rather than by
 the SDK's models. A body that is not JSON, is empty or cut short, or has no ``choices[0].message``
 is a ``bad_response``; a ``usage`` that is not an object of whole token counts between 0 and
@@ -51,6 +56,7 @@ from typing import Any
 import openai
 
 from lantern.errors import LanternError
+from lantern.llm.prices import FREE, Price
 from lantern.llm.redact import Redactor, public_url, url_secrets
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 300.0
 MAX_USAGE_TOKENS = 10_000_000  # beyond any context window: a larger count is a lie, not a bill
 CHARS_PER_TOKEN = 3.0  # below the ~4 of English BPE text, so prompt estimates err high
+CHECK_TIMEOUT = 30.0  # seconds GET /models may take: it lists names, it does not generate
 
 
 class RequestFailed(Exception):
@@ -74,36 +81,6 @@ class LLMAuthError(ValueError):
 
 class BudgetExhausted(Exception):
     """Sending the next request could cross ``max_cost``; nothing was sent."""
-
-
-@dataclass(frozen=True)
-class Price:
-    """US dollars per one million prompt and completion tokens."""
-
-    prompt: float
-    completion: float
-
-    def __post_init__(self) -> None:
-        for name in ("prompt", "completion"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-                raise LanternError(
-                    f"a {name} price must be a finite number >= 0 (USD per 1M tokens), got {value!r}"
-                )
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
-
-
-def price_for(model: str, prices: dict[str, Price | Sequence[float]]) -> Price:
-    """The price of ``model`` from a table (``{name: Price or [prompt, completion]}``); free if absent."""
-    entry = prices.get(model)
-    if entry is None:
-        return Price(0.0, 0.0)
-    if isinstance(entry, Price):
-        return entry
-    prompt, completion = entry
-    return Price(float(prompt), float(completion))
 
 
 def estimate_tokens(text: str) -> int:
@@ -321,6 +298,7 @@ class LLMClient:
         price: Price | None = None,
         budget: Budget | None = None,
         seed: int = 0,
+        check_model: bool | None = None,
     ) -> None:
         if not base_urls:
             raise LanternError("at least one base URL is needed")
@@ -346,10 +324,14 @@ class LLMClient:
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self.price = price or Price(0.0, 0.0)
+        self.price = price or FREE
         self.budget = budget or Budget(None)
         self._random = random.Random(seed)
         self.stats = ClientStats(per_replica=[0] * len(base_urls))
+        # The endpoint check before the first request (None: none); answers from a cache need none.
+        self._check_model = check_model
+        self._checked = check_model is None
+        self._check_lock = asyncio.Lock()
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -360,6 +342,48 @@ class LLMClient:
     async def close(self) -> None:
         for replica in self._replicas:
             await replica.close()
+
+    async def check_endpoint(self, *, check_model: bool) -> None:
+        """Before anything is spent: every replica answers ``GET /models`` (through the SDK) and,
+        when ``check_model`` (the server kind's list names every model it serves), lists the model.
+
+        A LanternError naming the URL and the model when a replica cannot be reached, times out,
+        or refuses the credentials, or when its list lacks the model. A server that does not
+        implement the list (any other HTTP error, or a body that is not a model list) is used as
+        it is, since the list is optional: sending a probe there would be a paid request that
+        answers nothing, and the stage stops after a run of failed requests anyway
+        (:data:`lantern.llm.stage.ABORT_AFTER_FAILURES`).
+        """
+        for url, replica in zip(self.base_urls, self._replicas, strict=True):
+            what = f"{url} (model {self.model})"
+            try:
+                async with asyncio.timeout(min(self.timeout, CHECK_TIMEOUT)):
+                    page = await replica.models.list()
+                served = [m.id for m in page.data]
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise LanternError(
+                    f"{what} refused the credentials (HTTP {exc.status_code}); check the API key "
+                    "environment variable (--api-key-env)"
+                ) from None
+            except (TimeoutError, openai.APITimeoutError):
+                raise LanternError(
+                    f"{what} did not answer GET /models within {min(self.timeout, CHECK_TIMEOUT):g}s; "
+                    "is the server up and the URL right?"
+                ) from None
+            except openai.APIConnectionError as exc:
+                cause = self._redact(_short(_root_cause(exc)))
+                raise LanternError(
+                    f"cannot reach {what}: {cause}; is the server up and the URL right?"
+                ) from None
+            except (openai.APIError, AttributeError, TypeError) as exc:
+                log.info("%s: no usable model list (%s); going on unchecked", url, type(exc).__name__)
+                continue
+            if check_model and not _serves(served, self.model):
+                shown = ", ".join(served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
+                raise LanternError(
+                    f"{url} does not serve model {self.model!r} (it lists: {shown or 'none'}); check "
+                    "--llm-model, or give --server-kind other if this server answers names it does not list"
+                )
 
     def _pick(self, avoid: int | None) -> int:
         order = [(self._turn + j) % len(self._replicas) for j in range(len(self._replicas))]
@@ -378,7 +402,13 @@ class LLMClient:
 
     async def complete(self, messages: list[dict], params: dict[str, Any]) -> Completion:
         """Send one chat request, retrying transient failures; raises RequestFailed, LLMAuthError,
-        BudgetExhausted."""
+        BudgetExhausted, and before the first request LanternError when the endpoint fails its
+        check (``check_model`` given: :meth:`check_endpoint`)."""
+        if not self._checked:
+            async with self._check_lock:  # one check, the other first requests wait for it
+                if not self._checked:
+                    await self.check_endpoint(check_model=bool(self._check_model))
+                    self._checked = True
         prompt_estimate = estimate_prompt_tokens(messages)
         max_tokens = int(params.get("max_tokens") or 0)
         # Serialised once for every attempt: the SDK sends bytes as they are (no per-attempt copy).
@@ -487,6 +517,24 @@ class LLMClient:
                 logprobs=reply.logprobs,
             )
         )
+
+
+def _root_cause(exc: BaseException) -> str:
+    """What a connection failure comes down to (``connection refused``, ``Name or service not
+    known``), from the innermost exception the HTTP stack chained."""
+    inner = exc
+    while (inner.__cause__ or inner.__context__) is not None:
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    if isinstance(inner, ConnectionRefusedError):
+        return "connection refused"
+    return (inner.strerror if isinstance(inner, OSError) else None) or str(inner) or type(inner).__name__
+
+
+def _serves(served: list[str], model: str) -> bool:
+    """Whether a model list names ``model``: as written, as Ollama's ``model:latest``, or under
+    Gemini's ``models/`` prefix."""
+    names = {name.removeprefix("models/") for name in served}
+    return model in names or f"{model}:latest" in names
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -2,9 +2,11 @@
 
 Every recipe that prompts (the LLM stage on its own, the pipeline for all its seeds, ablations,
 annotation) goes through :func:`endpoint`, so "start the embedded server unless base URLs are
-given" is decided in one place, together with what the embedded server needs: one request at a
-time (both of its backends decode one at a time; queueing more there only makes them time out
-while they wait) and a long timeout (a small CPU model needs minutes for a long field).
+given" is decided in one place, together with the defaults each kind of server needs
+(:data:`lantern.llm.config.SERVER_KINDS`, :data:`~lantern.llm.config.EMBEDDED`): the embedded
+server and llama.cpp's get one request at a time (they decode one at a time; queueing more there
+only makes them time out while they wait) and a long timeout (a small CPU model needs minutes for a
+long field), unless the user set either.
 """
 
 from __future__ import annotations
@@ -17,25 +19,35 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lantern.errors import LanternError
-from lantern.llm.config import REMOTE_SERVER_KIND, Endpoint
+from lantern.llm.config import EMBEDDED, REMOTE_SERVER_KIND, Endpoint, KindDefaults, kind_defaults
 
 DUMMY_KEY = "sk-local-no-key"
-LOCAL_TIMEOUT = 900.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def with_defaults(config: Endpoint, defaults: KindDefaults) -> Endpoint:
+    """``config`` with the concurrency and timeout it leaves unset taken from ``defaults``."""
+    return replace(
+        config,
+        concurrency=config.concurrency or defaults.concurrency,
+        timeout=config.timeout or defaults.timeout,
+    )
 
 
 @contextmanager
 def endpoint(
     config: Endpoint, notify: Callable[[str], None] | None = None, log_path: Path | None = None
 ) -> Iterator[Endpoint]:
-    """``config`` with its server kind resolved when it names base URLs; otherwise the embedded
-    server, started now and stopped when the block exits, as an Endpoint pointing at it.
+    """``config`` with its server kind and the kind's defaults resolved when it names base URLs;
+    otherwise the embedded server, started now and stopped when the block exits, as an Endpoint
+    pointing at it (``embedded`` set, ``local_backend`` the backend that serves it).
 
     ``log_path`` is where the embedded server writes its log (the run directory's; without one, an
     anonymous temporary file that nothing can leave behind).
     """
     if not config.local:
-        yield replace(config, server_kind=config.server_kind or REMOTE_SERVER_KIND)
+        kind = config.server_kind or REMOTE_SERVER_KIND
+        yield with_defaults(replace(config, server_kind=kind), kind_defaults(kind))
         return
     from lantern.llm.local import LocalServer
 
@@ -43,14 +55,15 @@ def endpoint(
     if notify is not None:
         notify(f"[llm] starting the embedded local LLM ({server.backend} server)")
     with server:
-        yield replace(
+        resolved = replace(
             config,
             base_urls=[server.base_url],
             model=server.model,
             server_kind=config.server_kind or server.server_kind,
-            concurrency=1,
-            timeout=max(config.timeout, LOCAL_TIMEOUT),
+            local_backend=server.backend,
+            embedded=True,
         )
+        yield with_defaults(resolved, EMBEDDED)
 
 
 def resolve_api_key(env_name: str, base_urls: list[str]) -> str:

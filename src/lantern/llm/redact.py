@@ -28,6 +28,7 @@ REDACTED = "[redacted]"
 MIN_SECRET = 4
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>`]+")
+_TRAILING = ".,;:!?)]}"
 _CREDENTIALS = re.compile(r"\b(Bearer|Basic)\s+[^\s\"',;]+", re.IGNORECASE)
 
 
@@ -68,8 +69,15 @@ def url_secrets(url: str) -> list[str]:
 
 
 def scrub_urls(text: str) -> str:
-    """``text`` with every URL in it replaced by its :func:`public_url`."""
-    return _URL.sub(lambda m: public_url(m.group(0)), text)
+    """``text`` with every URL in it replaced by its :func:`public_url`; punctuation that ends a
+    sentence right after a URL (``http://h:8000/v1;``) stays outside it."""
+
+    def public(match: re.Match) -> str:
+        url = match.group(0)
+        bare = url.rstrip(_TRAILING)
+        return public_url(bare) + url[len(bare) :]
+
+    return _URL.sub(public, text)
 
 
 def scrub(text: str) -> str:

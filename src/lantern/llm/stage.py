@@ -19,11 +19,32 @@ Fallbacks are counted by reason in the stats, and the stage is incomplete when a
 unasked or failed in transport; because only valid answers are cached, running the same command
 again (with a larger budget) asks exactly those fields and nothing else. ``fallback_rate`` is the
 share of utterance answers (one per utterance per field) that fell back.
+
+Nothing is spent on an endpoint that cannot answer: before anything else the stage checks that
+``max_cost`` has a price to count with (:func:`stage_price`), and before the first request that
+every base URL answers ``GET /models`` and lists the model (:meth:`LLMClient.check_endpoint`; a run
+answered wholly from the cache needs no server); either failing is one line, no answers written.
+While it runs, two rules keep fallbacks from passing for answers:
+
+- after :data:`ABORT_AFTER_FAILURES` requests in a row got no usable answer (transport failures, or
+  answers invalid for every utterance), the stage stops at once (incomplete, resumable): a server
+  that died mid-run would otherwise have every remaining field wait out its retries and fall back;
+- after each split, when its fallback rate is above ``max_fallback_rate`` (and fallbacks are not
+  allowed), the split's answers, settings and stats are written and the stage stops before the next
+  split (incomplete: the answers obtained are cached, so running it again asks only the rest).
+  The rate and the limit are recorded with the split's answers (:class:`LLMSettings`), and fusion
+  refuses answers recorded above their limit.
+
+``limit_dialogues`` prompts the first N dialogues of each split only (to try a slice cheaply); the
+slice is recorded, and fusion refuses answers that cover part of a split. :func:`plan_llm_stage`
+computes what a run would send — fields, distinct requests, what the cache already holds, token and
+cost estimates — without sending or writing anything (``lantern prompt --dry-run``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -37,12 +58,18 @@ from tqdm import tqdm
 
 from lantern.answers import FALLBACK, FieldAnswer, UtteranceAnswer, write_field_answers
 from lantern.corpus.dialogue import Corpus, Utterance
-from lantern.errors import LanternError
+from lantern.errors import LanternError, StageIncomplete
 from lantern.fields import FieldSpec, ReceptiveField, unique_fields
 from lantern.labels import LabelSet
-from lantern.llm.cache import CachedAnswer, ResponseCache, cache_key
-from lantern.llm.client import Budget, BudgetExhausted, LLMClient, RequestFailed, price_for
-from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.cache import CachedAnswer, ResponseCache, cache_key, cached_keys
+from lantern.llm.client import (
+    Budget,
+    BudgetExhausted,
+    LLMClient,
+    RequestFailed,
+    estimate_prompt_tokens,
+)
+from lantern.llm.config import REMOTE_SERVER_KIND, Endpoint, LLMConfig, kind_defaults
 from lantern.llm.endpoint import endpoint, resolve_api_key
 from lantern.llm.formats import (
     DEFAULT_MODE,
@@ -52,7 +79,9 @@ from lantern.llm.formats import (
     answer_format,
     response_format,
 )
+from lantern.llm.prices import FREE, Price, price_for, price_list
 from lantern.llm.prompt import FieldUtterance, build_messages, template_version
+from lantern.llm.redact import public_url, url_secrets
 from lantern.predictions import Prediction, read_predictions
 from lantern.rundir import LLMSettings, LLMStats, RunDir, SplitStats, file_hash, write_json
 from lantern.runlock import run_lock
@@ -112,6 +141,22 @@ def load_run_corpus(run: RunDir) -> Corpus:
     return load_corpus(path)
 
 
+def stage_price(ep: Endpoint) -> Price | None:
+    """What the endpoint's model costs: nothing for the embedded model, else its price
+    (:func:`~lantern.llm.prices.price_for`); a LanternError, before anything is sent, when
+    ``max_cost`` is set and the price is not known (counting it as free would make the budget none)."""
+    if ep.local or ep.embedded:
+        return FREE
+    price = price_for(str(ep.model), ep.prices)
+    if price is None and ep.max_cost is not None:
+        raise LanternError(
+            f"--max-cost needs the price of model {ep.model!r}, which the built-in table (as of "
+            f"{price_list()['as_of']}) does not list; give it: --prices "
+            f"'{{\"{ep.model}\": [USD_per_1M_prompt, USD_per_1M_completion]}}'"
+        )
+    return price
+
+
 def run_llm_stage(
     run_dir: str | Path,
     config: LLMConfig,
@@ -119,17 +164,115 @@ def run_llm_stage(
     *,
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
+    limit_dialogues: int | None = None,
 ) -> LLMStats:
-    """Prompt the LLM over every receptive field of ``splits``; write answers, settings and stats."""
+    """Prompt the LLM over every receptive field of ``splits`` (of their first ``limit_dialogues``
+    dialogues only, when given); write answers, settings and stats.
+
+    Raises StageIncomplete after writing a split whose fallback rate is above the limit, or when
+    requests keep failing (see the module docstring).
+    """
     run = RunDir(run_dir)
     sources = {split: prompt_predictions(run, split) for split in splits}
     corpus = load_run_corpus(run)
+    stage_price(config.endpoint)  # before the lock or a server: a budget without a price is refused
     # One process at a time: a second one would send (and pay for) the same fields again.
     with (
         run_lock(run.llm.lock, "prompting the LLM"),
         endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved,
     ):
-        return asyncio.run(_run(run, corpus, config, resolved, sources, progress))
+        return asyncio.run(_run(run, corpus, config, resolved, sources, progress, limit_dialogues))
+
+
+@dataclass
+class PlannedSplit:
+    """What prompting one split would take (:func:`plan_llm_stage`): dialogues and fields, the
+    distinct requests and how many of them the cache answers, and for the rest the prompt tokens
+    (estimated from the text, erring high) and the completion tokens at most (their ``max_tokens``)."""
+
+    split: str
+    dialogues: int
+    fields: int
+    requests: int
+    cached: int
+    prompt_tokens: int
+    max_completion_tokens: int
+
+    @property
+    def to_send(self) -> int:
+        return self.requests - self.cached
+
+
+@dataclass
+class StagePlan:
+    """:func:`plan_llm_stage`'s answer: per split, and the model with its price (None: unknown)."""
+
+    model: str
+    price: Price | None
+    splits: list[PlannedSplit]
+    embedded: bool = False
+
+    @property
+    def cost_at_most(self) -> float | None:
+        """Dollars the requests to send would cost with every answer as long as allowed (answer
+        retries aside); None without a price."""
+        if self.price is None:
+            return None
+        return sum(self.price.cost(s.prompt_tokens, s.max_completion_tokens) for s in self.splits)
+
+
+def plan_llm_stage(
+    run_dir: str | Path,
+    config: LLMConfig,
+    splits: list[str] | tuple[str, ...] = ("dev", "test"),
+    *,
+    limit_dialogues: int | None = None,
+) -> StagePlan:
+    """What :func:`run_llm_stage` would send, sending nothing and writing nothing: no lock, no
+    server started, the cache read without being opened for writing (:func:`cached_keys`)."""
+    run = RunDir(run_dir)
+    sources = {split: prompt_predictions(run, split) for split in splits}
+    corpus = load_run_corpus(run)
+    ep = config.endpoint
+    price = stage_price(ep)
+    if ep.local:
+        from lantern.llm.local import LOCAL_MODEL_NAME, SERVER_KINDS, resolve_backend
+
+        model, kind = LOCAL_MODEL_NAME, ep.server_kind or SERVER_KINDS[resolve_backend(ep.local_backend)]
+    else:
+        model, kind = str(ep.model), ep.server_kind or REMOTE_SERVER_KIND
+    if ep.response_format is None and kind not in DEFAULT_MODE:
+        raise LanternError(f"unknown server kind {kind!r}; known: {', '.join(DEFAULT_MODE)}")
+    planner = _Planner(
+        config=config,
+        labels=corpus.labels,
+        texts={u.id: u for d in corpus.dialogues for u in d.utterances},
+        model=model,
+        mode=ep.response_format or DEFAULT_MODE[kind],
+    )
+    cached = set() if config.refresh else cached_keys(Path(config.cache_path or run.llm.cache))
+    planned = []
+    for split, source in sources.items():
+        dialogues = _group_by_dialogue(read_predictions(source), planner.texts, source)
+        if limit_dialogues is not None:
+            dialogues = dict(itertools.islice(dialogues.items(), limit_dialogues))
+        plan: list[PlannedField] = []
+        requests: dict[str, _Request] = {}
+        for dialogue_id, preds in dialogues.items():
+            planner.plan_dialogue(dialogue_id, preds, plan, requests)
+        fresh = [r for key, r in requests.items() if key not in cached]
+        planned.append(
+            PlannedSplit(
+                split=split,
+                dialogues=len(dialogues),
+                fields=len(plan),
+                requests=len(requests),
+                cached=len(requests) - len(fresh),
+                prompt_tokens=sum(estimate_prompt_tokens(r.messages) for r in fresh),
+                max_completion_tokens=sum(int(r.params["max_tokens"]) for r in fresh),
+            )
+        )
+    return StagePlan(model=model, price=price, splits=planned, embedded=ep.local)
 
 
 async def _run(
@@ -139,11 +282,14 @@ async def _run(
     ep: Endpoint,
     sources: dict[str, Path],
     progress: bool,
+    limit_dialogues: int | None,
 ) -> LLMStats:
     started = time.monotonic()
     assert ep.model is not None and ep.server_kind is not None
+    assert ep.concurrency is not None and ep.timeout is not None  # resolved by endpoint()
     if ep.response_format is None and ep.server_kind not in DEFAULT_MODE:
         raise LanternError(f"unknown server kind {ep.server_kind!r}; known: {', '.join(DEFAULT_MODE)}")
+    price = stage_price(ep)
     client = LLMClient(
         ep.base_urls,
         ep.model,
@@ -155,45 +301,96 @@ async def _run(
         max_retries=ep.max_retries,
         backoff_base=ep.backoff_base,
         backoff_max=ep.backoff_max,
-        price=price_for(ep.model, ep.prices),
+        price=price or FREE,
         budget=Budget(ep.max_cost),
         seed=ep.seed,
+        # The embedded server needs no check: it was started for this run and answered /models.
+        check_model=None if ep.embedded else kind_defaults(ep.server_kind).lists_models,
     )
-    cache = ResponseCache(Path(config.cache_path or run.llm.cache), refresh=config.refresh)
+    if price is None:
+        log.info("no price is known for model %r: its cost is not counted (--prices gives it)", ep.model)
+    try:
+        with ResponseCache(Path(config.cache_path or run.llm.cache), refresh=config.refresh) as cache:
+            return await _ask_splits(
+                run, corpus, config, ep, sources, progress, limit_dialogues, client, cache, started
+            )
+    finally:
+        await client.close()
+
+
+async def _ask_splits(
+    run: RunDir,
+    corpus: Corpus,
+    config: LLMConfig,
+    ep: Endpoint,
+    sources: dict[str, Path],
+    progress: bool,
+    limit_dialogues: int | None,
+    client: LLMClient,
+    cache: ResponseCache,
+    started: float,
+) -> LLMStats:
+    """Every split in turn, its answers, settings and stats written as soon as it is done."""
+    assert ep.model is not None and ep.server_kind is not None
+    limit = None if config.allow_fallbacks else config.max_fallback_rate
     session = _Session(
         config=config,
-        max_answer_retries=ep.max_answer_retries,
-        client=client,
-        cache=cache,
         labels=corpus.labels,
         texts={u.id: u for d in corpus.dialogues for u in d.utterances},
         model=ep.model,
         mode=ep.response_format or DEFAULT_MODE[ep.server_kind],
+        max_answer_retries=ep.max_answer_retries,
+        client=client,
+        cache=cache,
+        # Invalid answers in a row stop the stage only where fallbacks are not accepted anyway.
+        count_invalid=limit is not None and limit < 1,
     )
     stats = LLMStats(max_cost=ep.max_cost)
     settings = _settings(run, config, ep, session)
-    try:
-        for split, source in sources.items():
-            predictions = read_predictions(source)
-            dialogues = _group_by_dialogue(predictions, session.texts, source)
-            plan, requests = await session.ask_split(split, dialogues, progress)
-            answers, fallbacks = _assemble(plan, requests, dialogues, config.fields)
-            write_field_answers(run.answers(split), answers)
-            settings.splits[split] = {
-                "predictions": file_hash(source),
-                "answers": file_hash(run.answers(split)),
-            }
-            stats.splits[split] = SplitStats(
-                fields=len(answers),
-                fields_unanswered=sum(requests[p.key].failed for p in plan),
-                unique_requests=len(requests),
-                utterance_answers=sum(len(a.utterances) for a in answers),
-                fallbacks=dict(sorted(fallbacks.items())),
+    for split, source in sources.items():
+        predictions = read_predictions(source)
+        dialogues = _group_by_dialogue(predictions, session.texts, source)
+        total = len(dialogues)
+        if limit_dialogues is not None:
+            dialogues = dict(itertools.islice(dialogues.items(), limit_dialogues))
+        plan, requests = await session.ask_split(split, dialogues, progress)
+        answers, fallbacks = _assemble(plan, requests, dialogues, config.fields)
+        write_field_answers(run.answers(split), answers)
+        done = SplitStats(
+            fields=len(answers),
+            fields_unanswered=sum(requests[p.key].failed for p in plan),
+            unique_requests=len(requests),
+            utterance_answers=sum(len(a.utterances) for a in answers),
+            fallbacks=dict(sorted(fallbacks.items())),
+        )
+        stats.splits[split] = done
+        stats.requests_unanswered += sum(r.failed for r in requests.values())
+        settings.splits[split] = {
+            "predictions": file_hash(source),
+            "answers": file_hash(run.answers(split)),
+            "fallback_rate": round(done.fallback_rate, 4),
+            "max_fallback_rate": limit,
+            **(
+                {"limit_dialogues": limit_dialogues, "dialogues": len(dialogues), "dialogues_total": total}
+                if limit_dialogues is not None
+                else {}
+            ),
+        }
+        _write_records(run, settings, stats, session, client, started)
+        if limit is not None and done.fallback_rate > limit:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in done.fallbacks.items())
+            raise StageIncomplete(
+                f"{split}: {done.fallback_rate:.1%} of the utterance answers fell back to vanilla "
+                f"({reasons}), above max_fallback_rate {limit:.0%}; the answers obtained are cached: run "
+                "the same command again to ask the rest, or accept them with --allow-fallbacks"
             )
-            stats.requests_unanswered += sum(r.failed for r in requests.values())
-    finally:
-        cache.close()
-        await client.close()
+    return stats
+
+
+def _write_records(
+    run: RunDir, settings: LLMSettings, stats: LLMStats, session: _Session, client: LLMClient, started: float
+) -> None:
+    """Write the settings and the figures so far (after each split, so a stop keeps them)."""
     settings.served_models = dict(sorted(session.served_models.items()))
     stats.requests_sent = client.stats.requests_sent
     stats.requests_per_replica = list(client.stats.per_replica)
@@ -209,7 +406,6 @@ async def _run(
     stats.wall_seconds = round(time.monotonic() - started, 3)
     write_json(run.llm.settings, settings.to_json())
     write_json(run.llm.stats, stats.to_json())
-    return stats
 
 
 def _settings(run: RunDir, config: LLMConfig, ep: Endpoint, session: _Session) -> LLMSettings:
@@ -226,6 +422,11 @@ def _settings(run: RunDir, config: LLMConfig, ep: Endpoint, session: _Session) -
         answer_format=config.prompt.answer_format,
         include_probs=config.prompt.include_probs,
         include_vad=config.prompt.include_vad,
+        base_urls=[] if ep.embedded else [public_url(u) for u in ep.base_urls],
+        url_credentials=not ep.embedded and any(url_secrets(u) for u in ep.base_urls),
+        api_key_env=None if ep.embedded else ep.api_key_env,
+        local_model=ep.local_model if ep.embedded else None,
+        local_backend=ep.local_backend if ep.embedded else None,
     )
     if run.llm.settings.exists():
         previous = LLMSettings.read(run.llm.settings)
@@ -235,7 +436,9 @@ def _settings(run: RunDir, config: LLMConfig, ep: Endpoint, session: _Session) -
 
 
 def _same_identity(a: LLMSettings, b: LLMSettings) -> bool:
-    keep = ("splits", "served_models")
+    """Whether two settings records describe the same answers: where they were asked (URLs, key
+    variable, which backend served the GGUF) does not matter, as it does not for the cache."""
+    keep = ("splits", "served_models", "base_urls", "url_credentials", "api_key_env", "local_backend")
     return {k: v for k, v in a.to_json().items() if k not in keep} == {
         k: v for k, v in b.to_json().items() if k not in keep
     }
@@ -255,61 +458,26 @@ def _group_by_dialogue(
 
 # Answers without logprobs, and none with them yet, after which the logprobs format is given up.
 NO_LOGPROBS_LIMIT = 3
+# Requests in a row without a usable answer after which the stage stops: each has had its retries
+# (a transport failure after max_retries, an invalid answer after max_answer_retries), so this many
+# in a row means a dead or wrong endpoint, not bad luck.
+ABORT_AFTER_FAILURES = 10
 
 
 @dataclass
-class _Session:
-    """What every request of one stage run shares: endpoint, cache, prompt settings, counters."""
+class _Planner:
+    """Fields to requests: what the prompts are and which requests share one (no sending)."""
 
     config: LLMConfig
-    max_answer_retries: int
-    client: LLMClient
-    cache: ResponseCache
     labels: LabelSet
     texts: dict[str, Utterance]
     model: str
     mode: str
-    cache_hits: int = 0
-    answer_retries: int = 0
-    served_models: Counter = field(default_factory=Counter)
-    # Answers with and without token log-probabilities, while the format needs them: a server that
-    # never sends them cannot answer in that format at all (see ``_check_logprobs``).
-    logprobs_seen: int = 0
-    logprobs_missing: int = 0
 
     def __post_init__(self) -> None:
         self.version = template_version(self.config.prompt)
         self.classes = list(self.labels.classes)
         self.format: AnswerFormat = answer_format(self.config.prompt.answer_format)
-        self.needs_logprobs = bool(self.format.request_params().get("logprobs"))
-
-    async def ask_split(
-        self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
-    ) -> tuple[list[PlannedField], dict[str, _Request]]:
-        """Plan every field and answer every distinct request; sending starts while planning goes on.
-
-        The first fatal error (credentials) cancels the rest and is raised.
-        """
-        plan: list[PlannedField] = []
-        requests: dict[str, _Request] = {}
-        bar = tqdm(desc=f"llm {split}", unit="req", disable=not progress)
-
-        async def answer(request: _Request) -> None:
-            await self.ask(request)
-            bar.update(1)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for dialogue_id, preds in dialogues.items():
-                    for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
-                        group.create_task(answer(request))
-                    bar.total = len(requests)
-                    await asyncio.sleep(0)  # let requests go out while the next dialogue is planned
-        except BaseExceptionGroup as eg:
-            raise eg.exceptions[0] from None
-        finally:
-            bar.close()
-        return plan, requests
 
     def plan_dialogue(
         self,
@@ -351,6 +519,79 @@ class _Session:
         plan.extend(sorted(planned, key=lambda p: p.field.k))
         return fresh
 
+
+@dataclass
+class _Session(_Planner):
+    """What every request of one stage run shares: endpoint, cache, prompt settings, counters.
+
+    ``count_invalid``: whether answers invalid for every utterance count toward
+    :data:`ABORT_AFTER_FAILURES` (not where fallbacks are accepted: then only transport does).
+    """
+
+    max_answer_retries: int
+    client: LLMClient
+    cache: ResponseCache
+    count_invalid: bool = True
+    cache_hits: int = 0
+    answer_retries: int = 0
+    served_models: Counter = field(default_factory=Counter)
+    # Answers with and without token log-probabilities, while the format needs them: a server that
+    # never sends them cannot answer in that format at all (see ``_check_logprobs``).
+    logprobs_seen: int = 0
+    logprobs_missing: int = 0
+    # Requests in a row that got no usable answer, and why the last of them did not.
+    failures_in_row: int = 0
+    failure_reasons: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.needs_logprobs = bool(self.format.request_params().get("logprobs"))
+
+    async def ask_split(
+        self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
+    ) -> tuple[list[PlannedField], dict[str, _Request]]:
+        """Plan every field and answer every distinct request; sending starts while planning goes on.
+
+        The first fatal error (credentials, a run of failures) cancels the rest and is raised.
+        """
+        plan: list[PlannedField] = []
+        requests: dict[str, _Request] = {}
+        bar = tqdm(desc=f"llm {split}", unit="req", disable=not progress)
+
+        async def answer(request: _Request) -> None:
+            await self.ask(request)
+            bar.update(1)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for dialogue_id, preds in dialogues.items():
+                    for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
+                        group.create_task(answer(request))
+                    bar.total = len(requests)
+                    await asyncio.sleep(0)  # let requests go out while the next dialogue is planned
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
+        finally:
+            bar.close()
+        return plan, requests
+
+    def _outcome(self, usable: bool, reason: str) -> None:
+        """Count a request's outcome; stop the stage after :data:`ABORT_AFTER_FAILURES` in a row
+        without a usable answer."""
+        if usable:
+            self.failures_in_row = 0
+            self.failure_reasons.clear()
+            return
+        self.failures_in_row += 1
+        self.failure_reasons[reason] += 1
+        if self.failures_in_row >= ABORT_AFTER_FAILURES:
+            why = ", ".join(f"{r} {n}" for r, n in self.failure_reasons.most_common())
+            raise StageIncomplete(
+                f"stopped: the last {self.failures_in_row} requests to {', '.join(self.client.base_urls)} "
+                f"(model {self.model}) all failed ({why}); the answers obtained are cached: check the "
+                "endpoint, then run the same command again"
+            )
+
     def parse(self, text: str, logprobs: list[dict] | None, indices: list[int]) -> ParsedAnswer:
         """The answer format's reading with every reason reduced to its category; a wholly unusable
         answer fails every index."""
@@ -363,7 +604,7 @@ class _Session:
 
     async def ask(self, request: _Request) -> None:
         """Fill ``request.result`` (valid utterances) and ``request.reasons`` (the rest): never raises for
-        a bad or missing answer, only for a fatal one (credentials)."""
+        a bad or missing answer, only for a fatal one (credentials, a run of failures)."""
         cached = self.cache.get(request.key)
         if cached is not None:
             parsed = self.parse(cached.text, cached.logprobs, request.indices)
@@ -385,6 +626,7 @@ class _Session:
             except RequestFailed as exc:
                 log.warning("request failed: %s", exc)
                 _fail_all(request, f"request:{exc.reason}")
+                self._outcome(False, exc.reason)
                 return
             self._check_logprobs(completion.logprobs)
             parsed = self.parse(completion.text, completion.logprobs, request.indices)
@@ -403,6 +645,7 @@ class _Session:
                 )
                 self.served_models[completion.served_model or self.model] += 1
                 request.result = dict(parsed.probs)
+                self._outcome(True, "")
                 return
             if best is None or len(parsed.errors) < len(best.errors):
                 best = parsed
@@ -418,6 +661,7 @@ class _Session:
         request.reasons = {
             i: best.errors.get(i, "missing") for i in request.indices if i not in request.result
         }
+        self._outcome(bool(request.result) or not self.count_invalid, "invalid answer")
 
     def _check_logprobs(self, logprobs: list[dict] | None) -> None:
         """Stop the stage when the answer format needs log-probabilities and the server has sent

@@ -21,6 +21,10 @@ The answer has OpenAI's body: ``id``, ``object``, ``created``, ``model``, ``choi
 request's KV cache. Streaming, ``n`` > 1, ``stop`` and tools are refused (400), not ignored.
 Requests are answered one at a time; ``/v1/models`` answers meanwhile. Each request is logged with
 its token counts, seconds and threads.
+
+A request whose client has gone away (Ctrl-C, a client timeout) is dropped: the connection is
+checked while the request waits for its turn and before every decoding step, so abandoned requests
+do not keep the model busy while the requests that replaced them wait.
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import select
+import socket
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from lantern.cores import CoreBudget
-from lantern.llm.decoding import Sampler, Step, generate_free, generate_planned
+from lantern.llm.decoding import Context, Sampler, Step, generate_free, generate_planned
 from lantern.llm.gguf_model import DTYPES, GGUFModel
 from lantern.llm.json_plan import TokenPlanner, UnsupportedSchema, compile_schema
 
@@ -157,8 +164,44 @@ def parse_request(body: object) -> ChatRequest:
     )
 
 
+class Cancelled(Exception):
+    """The client of a request went away; nobody is waiting for its answer."""
+
+
+def _never() -> bool:
+    return False
+
+
+class _Watched:
+    """A decoding :class:`~lantern.llm.decoding.Context` that stops (raises Cancelled) before
+    computing logits once ``cancelled()`` says the client is gone: a check per decoding step."""
+
+    def __init__(self, context: Context, cancelled: Callable[[], bool]) -> None:
+        self.context = context
+        self.cancelled = cancelled
+
+    def feed(self, ids: Sequence[int]) -> None:
+        self.context.feed(ids)
+
+    def logits(self, allowed: Sequence[int] | None = None) -> Any:
+        if self.cancelled():
+            raise Cancelled
+        return self.context.logits(allowed)
+
+
+def peer_closed(connection: socket.socket) -> bool:
+    """Whether the client closed its end: the socket reads as ended (or reset). Bytes waiting to be
+    read (a next request on the connection) are not a close."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 class ChatEngine:
-    """Requests to completions on one model, one at a time."""
+    """Requests to completions on one model, one at a time; ``cancelled`` counts the requests
+    dropped because their client went away."""
 
     def __init__(self, model: GGUFModel, alias: str, n_ctx: int) -> None:
         self.model = model
@@ -166,39 +209,57 @@ class ChatEngine:
         self.n_ctx = n_ctx
         self.planner = TokenPlanner(model.tokenizer.encode)
         self.lock = threading.Lock()
+        self.cancelled = 0
 
-    def complete(self, request: ChatRequest) -> dict[str, Any]:
-        """The chat-completion body answering ``request``; BadRequest for what it cannot honour."""
+    def complete(self, request: ChatRequest, cancelled: Callable[[], bool] = _never) -> dict[str, Any]:
+        """The chat-completion body answering ``request``; BadRequest for what it cannot honour,
+        Cancelled as soon as ``cancelled()`` is true, waiting for its turn or between decoding steps."""
+        # Waiting in short slices, so a request abandoned in the queue leaves it.
+        while not self.lock.acquire(timeout=0.1):
+            if cancelled():
+                self.cancelled += 1
+                raise Cancelled
+        try:
+            return self._complete(request, cancelled)
+        except Cancelled:
+            self.cancelled += 1
+            raise
+        finally:
+            self.lock.release()
+
+    def _complete(self, request: ChatRequest, cancelled: Callable[[], bool]) -> dict[str, Any]:
         tokenizer = self.model.tokenizer
-        with self.lock:  # the tokenizer's, the planner's and the model's caches are one request's at a time
-            plan = None
-            if request.schema is not None:
-                try:
-                    plan = self.planner.plan(compile_schema(request.schema))
-                except UnsupportedSchema as exc:
-                    raise BadRequest(str(exc), "response_format") from None
-            prompt = tokenizer.chat(request.messages)
-            if len(prompt) >= self.n_ctx:
-                raise BadRequest(
-                    f"the prompt has {len(prompt)} tokens; this model's context is {self.n_ctx}", "messages"
-                )
-            room = self.n_ctx - len(prompt)
-            max_tokens = min(request.max_tokens or room, room)
-            top_k = request.top_logprobs or 0
-            sampler = Sampler(request.temperature, request.seed)
-            started = time.monotonic()
-            sequence, cached = self.model.start(prompt)
-            if plan is None:
-                generation = generate_free(sequence, sampler, max_tokens, tokenizer.stop_ids, top_k)
-            else:
-                generation = generate_planned(sequence, plan, sampler, max_tokens, top_k)
-            seconds = time.monotonic() - started
-            text = b"".join(tokenizer.token_bytes(s.token) for s in generation.steps).decode(
-                "utf-8", "replace"
+        # The caller holds the lock: the tokenizer's, the planner's and the model's caches are one
+        # request's at a time.
+        plan = None
+        if request.schema is not None:
+            try:
+                plan = self.planner.plan(compile_schema(request.schema))
+            except UnsupportedSchema as exc:
+                raise BadRequest(str(exc), "response_format") from None
+        prompt = tokenizer.chat(request.messages)
+        if len(prompt) >= self.n_ctx:
+            raise BadRequest(
+                f"the prompt has {len(prompt)} tokens; this model's context is {self.n_ctx}", "messages"
             )
-            logprobs = None
-            if request.top_logprobs is not None:
-                logprobs = {"content": [self._logprob(s) for s in generation.steps], "refusal": None}
+        room = self.n_ctx - len(prompt)
+        max_tokens = min(request.max_tokens or room, room)
+        top_k = request.top_logprobs or 0
+        sampler = Sampler(request.temperature, request.seed)
+        started = time.monotonic()
+        started_sequence, cached = self.model.start(prompt)
+        sequence = _Watched(started_sequence, cancelled)
+        if plan is None:
+            generation = generate_free(sequence, sampler, max_tokens, tokenizer.stop_ids, top_k)
+        else:
+            generation = generate_planned(sequence, plan, sampler, max_tokens, top_k)
+        seconds = time.monotonic() - started
+        text = b"".join(tokenizer.token_bytes(s.token) for s in generation.steps).decode(
+            "utf-8", "replace"
+        )
+        logprobs = None
+        if request.top_logprobs is not None:
+            logprobs = {"content": [self._logprob(s) for s in generation.steps], "refusal": None}
         log.info(
             "chat completion: %d prompt tokens (%d from the cache), %d generated, %s, %.2fs, %d threads",
             len(prompt), cached, len(generation.steps), generation.finish_reason, seconds, self.model.threads,
@@ -274,7 +335,10 @@ def make_handler(engine: ChatEngine) -> type[BaseHTTPRequestHandler]:
                 return
             try:
                 request = parse_request(json.loads(self.rfile.read(length) or b"null"))
-                self._send(200, engine.complete(request))
+                self._send(200, engine.complete(request, lambda: peer_closed(self.connection)))
+            except Cancelled:
+                log.info("chat completion dropped: the client went away")
+                self.close_connection = True
             except (ValueError, RecursionError) as exc:  # BadRequest, or a body that is not JSON
                 param = exc.param if isinstance(exc, BadRequest) else None
                 message = str(exc) if isinstance(exc, BadRequest) else f"the body is not JSON: {exc}"

@@ -5,12 +5,19 @@ through the run's vanilla model, the LLM over the same receptive fields the run 
 trained fusion; out comes, per utterance, the emotion, its probabilities, VAD, and the fields that
 contributed with their weights. Everything intermediate is kept in a small run directory of its own
 (``RunDir.annotation``), so re-annotating the same file re-uses the LLM's cached answers.
+
+The LLM is the one the run was prompted with — the URL and model recorded in its LLM settings (the
+key again from the environment variable recorded by name), or the same embedded GGUF and backend —
+since the run's fusion was trained on that LLM's answers. The user may point at the same model
+elsewhere or change limits and budget, but naming another LLM is refused
+(:func:`lantern.llm.config.recorded_endpoint`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,8 @@ from lantern.corpus.dialogue import Corpus
 from lantern.errors import LanternError
 from lantern.fields import FieldSpec
 from lantern.labels import LabelSet
-from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.config import LLMConfig, recorded_endpoint
+from lantern.llm.redact import public_url
 from lantern.models.batch import VAD_NAMES
 from lantern.predictions import Prediction, write_predictions
 from lantern.recipes.config import Notify
@@ -55,18 +63,22 @@ def annotate(
     out_path: str | Path,
     *,
     method: str = "attention",
-    endpoint: Endpoint | None = None,
+    endpoint_overrides: dict[str, Any] | None = None,
+    max_fallback_rate: float | None = None,
+    allow_fallbacks: bool = False,
     notify: Notify | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Annotate the dialogues of ``input_path``; write one JSON object per utterance to ``out_path``.
 
-    ``endpoint`` names another LLM (the fields and prompt stay the run's); by default the embedded
-    local model answers. Returns counts: dialogues, utterances, fallbacks.
+    The run's LLM answers (the fields and prompt are the run's too); ``endpoint_overrides`` are the
+    Endpoint fields the user gave (``base_urls=[]`` for ``--local``), refused when they name another
+    LLM; ``max_fallback_rate`` (default: LLMConfig's) and ``allow_fallbacks`` as for the LLM stage.
+    Returns counts: dialogues, utterances, fallbacks, and which LLM answered.
     """
     from lantern.corpus.native import corpus_fingerprint, load_corpus, save_corpus
     from lantern.fusion import FusionMethod, build_inputs
-    from lantern.llm.stage import run_llm_stage
+    from lantern.llm.stage import run_llm_stage, stage_price
     from lantern.training import load_checkpoint, predict
 
     say = notify or (lambda _m: None)
@@ -74,6 +86,12 @@ def annotate(
     files = seed_run.method(method)
     if not files.config.exists():
         raise FileNotFoundError(f"{files.dir}: fusion method {method!r} was not fitted in this run")
+    settings = LLMSettings.read(seed_run.llm.settings)
+    endpoint = recorded_endpoint(settings, endpoint_overrides or {}, str(seed_run.llm.settings))
+    stage_price(endpoint)  # a budget without a price: refused before any work
+    say(f"[annotate] LLM: {endpoint.describe()}")
+    if settings.base_urls and [public_url(u) for u in endpoint.base_urls] != settings.base_urls:
+        say(f"[annotate] (the run was prompted with the same model at {', '.join(settings.base_urls)})")
     fusion = FusionMethod.load(files.dir)
     model, meta = load_checkpoint(seed_run.vanilla.dir)
     input_path = Path(input_path)
@@ -94,7 +112,9 @@ def annotate(
     predictions = predict(model, meta, corpus.dialogues)
     write_predictions(work.predictions(SPLIT), predictions)
 
-    config = LLMConfig.as_prompted(LLMSettings.read(seed_run.llm.settings), endpoint)
+    config = replace(LLMConfig.as_prompted(settings, endpoint), allow_fallbacks=allow_fallbacks)
+    if max_fallback_rate is not None:
+        config = replace(config, max_fallback_rate=max_fallback_rate)
     say(f"[annotate] LLM over receptive fields (stride {config.fields.stride}, t {config.fields.t})")
     stats = run_llm_stage(work.root, config, [SPLIT], progress=progress, notify=say)
     answers = read_field_answers(work.answers(SPLIT))
@@ -103,12 +123,13 @@ def annotate(
 
     records = _records(corpus, predictions, answers, fused, weights, meta.labels.classes, config.fields)
     atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    settings = LLMSettings.read(work.llm.settings)
+    answered = LLMSettings.read(work.llm.settings)
     return {
         "dialogues": len(corpus),
         "utterances": len(records),
         "method": method,
-        "llm_model": settings.model,
+        "llm": answered.describe_llm(),
+        "llm_model": answered.model,
         "llm_fallbacks": stats.fallbacks,
         "out": str(out_path),
         "work_dir": str(work.root),
