@@ -705,3 +705,20 @@ def test_answers_invalid_in_a_row_stop_the_stage_unless_fallbacks_are_allowed(tm
     # Accepted fallbacks: the server answers, so the stage goes on to the end.
     stats = run_llm_stage(run, replace(cfg, allow_fallbacks=True), ["test"], progress=False)
     assert stats.fallback_rate == 1.0 and chats(fresh) == stopped + 17
+
+
+def test_a_resumed_stage_shows_its_total_and_starts_at_what_the_cache_holds(tmp_path, fresh, capsys):
+    """Progress lines in a log (stderr is not a terminal here): a total from the first line, and a
+    resumed stage starting at the cached count, so its ETA counts only what is sent now."""
+    run = make_run(tmp_path, [("test", 20)])  # 7 fields, all distinct
+    prices = {MODEL: [100.0, 100.0]}
+    limited = config(fresh, prices=prices, max_cost=0.5, concurrency=1, allow_fallbacks=True)
+    first = run_llm_stage(run, limited, ["test"], progress=True)
+    done = first.fields - first.fields_unanswered
+    lines = capsys.readouterr().err.splitlines()
+    bar = [line for line in lines if line.startswith("llm test")]
+    assert "\r" not in "".join(lines) and bar[0].split("|")[-1].strip().startswith("0/7")
+    assert 0 < done < 7
+    run_llm_stage(run, config(fresh, prices=prices), ["test"], progress=True)
+    bar = [line for line in capsys.readouterr().err.splitlines() if line.startswith("llm test")]
+    assert f"{done}/7" in bar[0] and "7/7" in bar[-1]

@@ -18,10 +18,16 @@ GLOBAL_OPTIONS.add_argument(
 )
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' line breaks and appends an option's default where the help does not
-    state it. Defaults of None (the setting's owner decides: the help says which) and flags that are
-    off by default are left alone, since "(default: None)" tells a reader nothing."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps a one-paragraph description to the terminal, keeps the line breaks of text laid out in
+    lines (the examples), and appends an option's default where the help does not state it.
+    Defaults of None (the setting's owner decides: the help says which) and flags that are off by
+    default are left alone, since "(default: None)" tells a reader nothing."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

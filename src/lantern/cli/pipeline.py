@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from lantern.cli.command import add_command
 from lantern.cli.options import add_endpoint_arguments, add_fallback_arguments, positive_int
 
 # The stage names of lantern.recipes.pipeline.STAGES, spelled out so that building the parser
@@ -16,7 +17,15 @@ STAGE_NAMES = ("corpus", "vanilla", "llm", "fusion", "eval", "report")
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    p = sub.add_parser("run", help="run (or resume) every stage of a pipeline config into one run directory")
+    p = add_command(
+        sub,
+        "run",
+        help="run (or resume) every stage of a pipeline config into one run directory",
+        description="Run every stage of a pipeline TOML file (corpus, vanilla model per seed, LLM, fusion, "
+        "evaluation, report) into one run directory. The config is checked whole before anything runs; "
+        "a stage whose config and outputs are unchanged is skipped, so the same command resumes.",
+        examples=["lantern run --config examples/meld-text.toml", "lantern run --config my.toml --from llm"],
+    )
     p.add_argument("--config", required=True, type=Path, help="pipeline TOML file")
     p.add_argument("--out", type=Path, help="run directory (default: [run] dir in the config)")
     p.add_argument(
@@ -25,8 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run)
 
-    p = sub.add_parser(
-        "demo", help="the whole pipeline on a small synthetic corpus with the embedded local LLM"
+    p = add_command(
+        sub,
+        "demo",
+        help="the whole pipeline on a small synthetic corpus with the embedded local LLM",
+        description="The whole pipeline on a small built-in synthetic corpus (not real data) with the "
+        "embedded SmolLM2-135M (a toy, there so that every stage runs without a key): a results table "
+        "and an HTML report. --base-url and --llm-model swap in a real LLM.",
+        examples=[
+            "lantern demo",
+            "lantern demo --base-url http://gpu-box:8000/v1 --llm-model meta-llama/Llama-3.1-8B-Instruct "
+            "--server-kind vllm",
+        ],
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
     p.add_argument("--dialogues", type=positive_int, help="dialogues in the synthetic corpus")
@@ -35,7 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_demo)
 
-    p = sub.add_parser("fuse", help="fit fusion methods on a run's held-out split and predict test")
+    p = add_command(
+        sub,
+        "fuse",
+        help="fit fusion methods on a run's held-out split and predict test",
+        examples=[
+            "lantern fuse --run runs/r1",
+            "lantern fuse --run runs/r1 --method attention --method uniform",
+        ],
+    )
     p.add_argument("--run", required=True, type=Path, help="a single-seed run directory")
     p.add_argument("--method", action="append", help="fusion method (repeatable; default: all)")
     p.add_argument(
@@ -53,7 +80,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=_fuse)
 
-    p = sub.add_parser("annotate", help="emotions for your own dialogues through a trained run")
+    p = add_command(
+        sub,
+        "annotate",
+        help="emotions for your own dialogues through a trained run",
+        description="Emotions for new dialogues (JSONL: speaker and text per utterance) through a trained, "
+        "prompted and fused run: the run's text encoder, vanilla model, LLM (the endpoint and model the "
+        "run was prompted with; the key again from its environment variable) and fusion method.",
+        examples=["lantern annotate --run runs/r1 --input new_dialogues.jsonl --out emotions.jsonl"],
+    )
     p.add_argument("--run", required=True, type=Path, help="a trained run directory")
     p.add_argument("--input", required=True, type=Path, help="dialogues JSONL (speaker + text per utterance)")
     p.add_argument("--out", required=True, type=Path, help="output JSONL, one object per utterance")
@@ -63,9 +98,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_annotate)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "ablate",
         help="sweep fields, prompt contents, answer formats, dimensions and fusion methods; one table",
+        examples=[
+            "lantern ablate --run runs/r1 --select-on dev",
+            "lantern ablate --run runs/r1 --t 1,3 --strides 4 --answer-formats logprobs --skip-dimensions",
+        ],
     )
     p.add_argument("--run", required=True, type=Path, help="a run directory with vanilla predictions")
     p.add_argument("--t", dest="t_values", default="1,2,3,4", help="receptive-field counts (default 1,2,3,4)")

@@ -54,8 +54,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tqdm import tqdm
-
 from lantern.answers import FALLBACK, FieldAnswer, UtteranceAnswer, write_field_answers
 from lantern.corpus.dialogue import Corpus, Utterance
 from lantern.errors import LanternError, StageIncomplete
@@ -83,6 +81,7 @@ from lantern.llm.prices import FREE, Price, price_for, price_list
 from lantern.llm.prompt import FieldUtterance, build_messages, template_version
 from lantern.llm.redact import public_url, url_secrets
 from lantern.predictions import Prediction, read_predictions
+from lantern.progress import progress_bar
 from lantern.rundir import LLMSettings, LLMStats, RunDir, SplitStats, file_hash, write_json
 from lantern.runlock import run_lock
 
@@ -550,13 +549,26 @@ class _Session(_Planner):
     async def ask_split(
         self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
     ) -> tuple[list[PlannedField], dict[str, _Request]]:
-        """Plan every field and answer every distinct request; sending starts while planning goes on.
+        """Plan every field, take what the cache holds, then ask for the rest.
 
-        The first fatal error (credentials, a run of failures) cancels the rest and is raised.
+        Planning comes first so that the progress bar knows its total and starts at what the cache
+        answered: a resumed stage shows where it is, and its ETA counts only what is sent now. The
+        first fatal error (credentials, a run of failures) cancels the rest and is raised.
         """
         plan: list[PlannedField] = []
         requests: dict[str, _Request] = {}
-        bar = tqdm(desc=f"llm {split}", unit="req", disable=not progress)
+        pending: list[_Request] = []
+        for dialogue_id, preds in dialogues.items():
+            for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
+                if not self.from_cache(request):
+                    pending.append(request)
+        bar = progress_bar(
+            desc=f"llm {split}",
+            unit="req",
+            total=len(requests),
+            initial=len(requests) - len(pending),
+            enabled=progress,
+        )
 
         async def answer(request: _Request) -> None:
             await self.ask(request)
@@ -564,11 +576,8 @@ class _Session(_Planner):
 
         try:
             async with asyncio.TaskGroup() as group:
-                for dialogue_id, preds in dialogues.items():
-                    for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
-                        group.create_task(answer(request))
-                    bar.total = len(requests)
-                    await asyncio.sleep(0)  # let requests go out while the next dialogue is planned
+                for request in pending:
+                    group.create_task(answer(request))
         except BaseExceptionGroup as eg:
             raise eg.exceptions[0] from None
         finally:
@@ -602,19 +611,26 @@ class _Session(_Planner):
         parsed.errors = {i: reason_category(e) for i, e in parsed.errors.items()}
         return parsed
 
-    async def ask(self, request: _Request) -> None:
-        """Fill ``request.result`` (valid utterances) and ``request.reasons`` (the rest): never raises for
-        a bad or missing answer, only for a fatal one (credentials, a run of failures)."""
+    def from_cache(self, request: _Request) -> bool:
+        """Fill ``request.result`` from the cache when it holds a valid answer; a cached answer that
+        no longer validates is dropped, to be asked again."""
         cached = self.cache.get(request.key)
-        if cached is not None:
-            parsed = self.parse(cached.text, cached.logprobs, request.indices)
-            if not parsed.errors:
-                self.cache_hits += 1
-                self.served_models[cached.served_model or self.model] += 1
-                request.result = dict(parsed.probs)
-                return
+        if cached is None:
+            return False
+        parsed = self.parse(cached.text, cached.logprobs, request.indices)
+        if parsed.errors:
             log.warning("a cached answer no longer validates (%s); asking again", request.key[:12])
             self.cache.delete(request.key)
+            return False
+        self.cache_hits += 1
+        self.served_models[cached.served_model or self.model] += 1
+        request.result = dict(parsed.probs)
+        return True
+
+    async def ask(self, request: _Request) -> None:
+        """Ask the server for a request the cache could not answer. Fills ``request.result`` (valid
+        utterances) and ``request.reasons`` (the rest): never raises for a bad or missing answer, only
+        for a fatal one (credentials, a run of failures)."""
         best: ParsedAnswer | None = None
         texts: set[str] = set()
         for attempt in range(self.max_answer_retries + 1):
