@@ -160,7 +160,7 @@ def test_examples_show_each_field_s_answer_and_the_weight_it_got(simulated):
 
 def test_report_shows_timings_cost_and_answer_quality(simulated):
     text = _text(_page(simulated))
-    assert re.search(r"seed-0 12\.5 \(3 epochs\) \d+\.\d not recorded", text)
+    assert re.search(r"seed-0 12\.5 \(3 epochs\) \d+\.\d \d+\.\d \(\d methods\)", text)
     assert "cost (USD) 0.0000 0.0000" in text and "fallback rate (%) 0.0 0.0" in text
     assert re.search(r"seed-1 test \d+ 0\.0 [\d.]+ / [\d.]+ / [\d.]+", text)
     assert "look degenerate" not in text

@@ -513,8 +513,8 @@ def stats_table(run: RunDir) -> str | None:
 
 
 def timings_table(run: RunDir) -> str:
-    """Per seed what the run recorded of its time: the vanilla fit, the LLM stage; the fusion stage
-    records none yet."""
+    """Per seed what the run recorded of its time: the vanilla fit, the LLM stage, and the fusion
+    stage (every method's fit, prediction and save, from its ``attention.json``)."""
     rows = []
     for name, seed_run in run.seed_runs().items():
         fit = "not recorded"
@@ -525,7 +525,10 @@ def timings_table(run: RunDir) -> str:
         llm = "no LLM stage"
         if seed_run.llm.stats.exists():
             llm = f"{LLMStats.read(seed_run.llm.stats).wall_seconds:.1f}"
-        rows.append([name, fit, llm, "not recorded"])
+        records = [read_json(p) for p in sorted(seed_run.fusion.glob("*/attention.json"))]
+        timed = [r["seconds"] for r in records if "seconds" in r]
+        fusion = f"{sum(timed):.1f} ({len(timed)} methods)" if timed else "not recorded"
+        rows.append([name, fit, llm, fusion])
     return _table(["seed", "vanilla training (s)", "LLM stage (s)", "fusion (s)"], rows)
 
 
