@@ -10,6 +10,7 @@ import pytest
 from torch import nn
 
 from lantern.fusion import fuse_run
+from lantern.llm.cache import CachedAnswer, ResponseCache
 from lantern.report import write_report
 from lantern.rundir import atomic_write_bytes
 from lantern.testing.runs import dialogue_sizes, make_corpus, make_run, write_answers
@@ -73,3 +74,14 @@ def test_an_atomic_write_never_changes_the_umask(tmp_path, umask, monkeypatch):
     assert _mode(tmp_path / "a" / "file.bin") == 0o640
     assert (tmp_path / "a" / "file.bin").read_bytes() == b"data"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["file.bin"]  # no temporary file left
+
+
+@pytest.mark.parametrize(("mask", "file_mode"), [(0o002, 0o664), (0o077, 0o600)])
+def test_the_response_cache_follows_the_umask_like_every_other_file(tmp_path, umask, mask, file_mode):
+    """SQLite creates its database 0644 & ~umask: under umask 002 a group could not share the cache."""
+    umask(mask)
+    cache = ResponseCache(tmp_path / "llm" / "cache.sqlite")
+    cache.put("k", "m", "v", CachedAnswer("{}", 1, 1, "m", None))
+    for path in (tmp_path / "llm").iterdir():
+        assert _mode(path) == file_mode, path.name
+    cache.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,6 +132,10 @@ class ResponseCache:
             self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            # SQLite would create the file 0644 & ~umask; made here it is 0666 & ~umask like every other
+            # file of the run (SQLite gives its -wal and -shm files the database's permissions).
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o666))
         # Autocommit: every put is its own transaction, durable once execute() returns.
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
