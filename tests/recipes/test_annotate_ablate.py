@@ -170,14 +170,13 @@ def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tiny_con
                 "2,3",
                 "--select-on",
                 "dev",
-                "--base-url",
-                url,
-                "--llm-model",
-                SIMULATED_MODEL,
                 "--quiet",
             ]
-        )
+        )  # no endpoint given: the one the run was prompted at
+        after = server_stats(url)["chat_completions"]
     assert code == 0
+    assert after > before  # the new variants were asked of the run's own LLM
+    assert f"[ablate] LLM: {SIMULATED_MODEL} at {url}" in capsys.readouterr().err
     seed_run = RunDir(tmp_path / "run").seed(0)
     markdown, csv = seed_run.ablation_table
     text = markdown.read_text()
@@ -204,7 +203,7 @@ def test_ablate_writes_one_table_and_reuses_cached_answers(tiny_corpus, tiny_con
     assert config["params"]["use_context"] is False and config["n_context"] == 0
     assert all(row["dev_nll"] for row in rows if row["method"] == "attention")
     assert before > 0
-    assert "| variant |" in capsys.readouterr().out
+    assert "| variant |" in (seed_run.ablation_table[0]).read_text()
 
 
 def test_corpus_example_spec_builds_in_the_run_directory(tmp_path):

@@ -102,6 +102,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "ablate",
         help="sweep fields, prompt contents, answer formats, dimensions and fusion methods; one table",
+        description="Sweep receptive fields (t, stride), prompt contents, answer formats, the VAD head "
+        "and the fusion methods on one run; one table, variants chosen on dev with --select-on dev. The "
+        "LLM is the one the run was prompted with unless --base-url/--local name another; answers are "
+        "shared with the run through its cache.",
         examples=[
             "lantern ablate --run runs/r1 --select-on dev",
             "lantern ablate --run runs/r1 --t 1,3 --strides 4 --answer-formats logprobs --skip-dimensions",

@@ -28,7 +28,7 @@ from typing import Any
 
 from lantern.errors import LanternError
 from lantern.fields import FieldSpec
-from lantern.llm.config import Endpoint, LLMConfig
+from lantern.llm.config import Endpoint, LLMConfig, recorded_endpoint
 from lantern.llm.prompt import ANSWER_FORMATS
 from lantern.recipes.config import Notify
 from lantern.rundir import LLMSettings, RunDir, atomic_write_text, read_json
@@ -157,6 +157,10 @@ def ablate(
     say = notify or (lambda _m: None)
     seed_run = RunDir(run_dir).first_seed_run()
     settings = LLMSettings.read(seed_run.llm.settings)
+    if endpoint is None:
+        # The run's own LLM, as annotate does: the variants are compared with the run's answers.
+        endpoint = recorded_endpoint(settings, {}, str(seed_run.llm.settings))
+    say(f"[ablate] LLM: {endpoint.describe()}")
     base = replace(LLMConfig.as_prompted(settings, endpoint), cache_path=str(seed_run.llm.cache))
     names = list(methods or METHODS)
     classes = read_vanilla_meta(seed_run).labels.classes
