@@ -55,14 +55,17 @@ class TrainConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.bucket_batches < 1:
-            raise LanternError("epochs, batch size and bucket_batches must be >= 1")
+        for name in ("epochs", "batch_size", "bucket_batches"):
+            if getattr(self, name) < 1:
+                raise LanternError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise LanternError(f"threads must be >= 0 (0: the free cores), got {self.threads}")
         if self.patience < 0:
             raise LanternError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
-        if self.lr <= 0 or self.lambda_vad < 0:
-            raise LanternError(f"need lr > 0 and lambda_vad >= 0, got {self.lr}, {self.lambda_vad}")
+        if self.lr <= 0:
+            raise LanternError(f"lr must be > 0, got {self.lr}")
+        if self.lambda_vad < 0:
+            raise LanternError(f"lambda_vad must be >= 0, got {self.lambda_vad}")
         if self.scheduler not in ("none", "plateau"):
             raise LanternError(f"scheduler must be 'none' or 'plateau', got {self.scheduler!r}")
         if self.precision not in PRECISIONS:

@@ -134,7 +134,10 @@ def test_every_key_of_every_table_has_its_type_checked(table, key, tmp_path):
             "[vanilla] device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'",
         ),
         ("[vanilla]\npreset = 'nope'\n", "[vanilla] unknown preset 'nope'"),
-        ("[vanilla]\nlr = -1\n", "[vanilla] need lr > 0"),
+        ("[vanilla]\nlr = -1\n", "[vanilla] lr must be > 0, got -1"),
+        ("[vanilla]\nepochs = 0\n", "[vanilla] epochs must be >= 1, got 0"),
+        ("[vanilla]\nbatch_size = 0\n", "[vanilla] batch_size must be >= 1, got 0"),
+        ("[vanilla]\nlambda_vad = -0.5\n", "[vanilla] lambda_vad must be >= 0, got -0.5"),
         ("[vanilla]\nclass_weights = 'x'\n", "[vanilla] class_weights must be one of"),
         (
             "[vanilla]\nmodel = 'corect'\npreset = 'sdt-meld'\n",
