@@ -162,3 +162,15 @@ def test_replace_false_refuses_existing_text_features():
     with pytest.raises(ValueError, match=r"already has text features"):
         add_text_features(corpus, replace=False)
     assert corpus.modalities["t"] == 7  # input untouched
+
+
+def test_loading_the_encoder_draws_no_bar_of_its_own_and_restores_the_setting(capfd):
+    """transformers' "Loading weights" bar would land, carriage returns and all, in logs and over
+    Lantern's own progress."""
+    from transformers.utils import logging as transformers_logging
+
+    text_features._load.cache_clear()
+    assert transformers_logging.is_progress_bar_enabled()
+    text_features._load(text_features.MODEL_NAME)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()

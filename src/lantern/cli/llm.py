@@ -124,6 +124,12 @@ def _prompt(args: argparse.Namespace) -> int:
         f"{' (partly estimated: the server reported no usage)' if stats.tokens_estimated else ''}, "
         f"{cost}, {stats.wall_seconds:.1f}s"
     )
+    if stats.fallbacks.get("budget"):
+        raise StageIncomplete(
+            f"stopped at the budget: ${stats.cost_usd:.4f} spent of --max-cost ${stats.max_cost:g}; "
+            f"{stats.fields_unanswered} fields were not asked (their utterances fell back to vanilla); "
+            "the answers obtained are cached: the same command continues, spending up to --max-cost again"
+        )
     if not stats.complete:
         raise StageIncomplete(
             f"incomplete: {stats.fields_unanswered} fields unanswered, their utterances fell back "

@@ -24,6 +24,8 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
@@ -43,9 +45,29 @@ ST_PREFIX = "st:"
 BATCH_SIZE = 64
 
 
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """Without transformers' "Loading weights" bar: a tenth of a second of a small model's loading,
+    drawn with carriage returns into logs and over Lantern's own progress."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 @functools.lru_cache(maxsize=4)
 def _load(source: str) -> Any:
     """The SentenceTransformer a source names, loaded once per process."""
+    with _no_loading_bar():
+        return _load_model(source)
+
+
+def _load_model(source: str) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:

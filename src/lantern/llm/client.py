@@ -79,6 +79,11 @@ class LLMAuthError(ValueError):
     """The endpoint refused the credentials (401/403): no request of this run can succeed."""
 
 
+class EndpointUnusable(LanternError):
+    """The endpoint failed its check before anything was sent (unreachable, credentials refused, or
+    the model not served): a user error, and nothing of the run needs keeping."""
+
+
 class BudgetExhausted(Exception):
     """Sending the next request could cross ``max_cost``; nothing was sent."""
 
@@ -343,11 +348,20 @@ class LLMClient:
         for replica in self._replicas:
             await replica.close()
 
+    async def ensure_checked(self) -> None:
+        """Check the endpoint once (:meth:`check_endpoint`), if this client checks it at all; the
+        first requests wait for that one check."""
+        if not self._checked:
+            async with self._check_lock:
+                if not self._checked:
+                    await self.check_endpoint(check_model=bool(self._check_model))
+                    self._checked = True
+
     async def check_endpoint(self, *, check_model: bool) -> None:
         """Before anything is spent: every replica answers ``GET /models`` (through the SDK) and,
         when ``check_model`` (the server kind's list names every model it serves), lists the model.
 
-        A LanternError naming the URL and the model when a replica cannot be reached, times out,
+        An :class:`EndpointUnusable` naming the URL and the model when a replica cannot be reached, times out,
         or refuses the credentials, or when its list lacks the model. A server that does not
         implement the list (any other HTTP error, or a body that is not a model list) is used as
         it is, since the list is optional: sending a probe there would be a paid request that
@@ -361,18 +375,18 @@ class LLMClient:
                     page = await replica.models.list()
                 served = [m.id for m in page.data]
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise LanternError(
+                raise EndpointUnusable(
                     f"{what} refused the credentials (HTTP {exc.status_code}); check the API key "
                     "environment variable (--api-key-env)"
                 ) from None
             except (TimeoutError, openai.APITimeoutError):
-                raise LanternError(
+                raise EndpointUnusable(
                     f"{what} did not answer GET /models within {min(self.timeout, CHECK_TIMEOUT):g}s; "
                     "is the server up and the URL right?"
                 ) from None
             except openai.APIConnectionError as exc:
                 cause = self._redact(_short(_root_cause(exc)))
-                raise LanternError(
+                raise EndpointUnusable(
                     f"cannot reach {what}: {cause}; is the server up and the URL right?"
                 ) from None
             except (openai.APIError, AttributeError, TypeError) as exc:
@@ -380,7 +394,7 @@ class LLMClient:
                 continue
             if check_model and not _serves(served, self.model):
                 shown = ", ".join(served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
-                raise LanternError(
+                raise EndpointUnusable(
                     f"{url} does not serve model {self.model!r} (it lists: {shown or 'none'}); check "
                     "--llm-model, or give --server-kind other if this server answers names it does not list"
                 )
@@ -404,11 +418,7 @@ class LLMClient:
         """Send one chat request, retrying transient failures; raises RequestFailed, LLMAuthError,
         BudgetExhausted, and before the first request LanternError when the endpoint fails its
         check (``check_model`` given: :meth:`check_endpoint`)."""
-        if not self._checked:
-            async with self._check_lock:  # one check, the other first requests wait for it
-                if not self._checked:
-                    await self.check_endpoint(check_model=bool(self._check_model))
-                    self._checked = True
+        await self.ensure_checked()
         prompt_estimate = estimate_prompt_tokens(messages)
         max_tokens = int(params.get("max_tokens") or 0)
         # Serialised once for every attempt: the SDK sends bytes as they are (no per-attempt copy).

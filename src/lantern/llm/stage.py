@@ -47,6 +47,7 @@ import asyncio
 import itertools
 import logging
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -63,6 +64,7 @@ from lantern.llm.cache import CachedAnswer, ResponseCache, cache_key, cached_key
 from lantern.llm.client import (
     Budget,
     BudgetExhausted,
+    EndpointUnusable,
     LLMClient,
     RequestFailed,
     estimate_prompt_tokens,
@@ -175,12 +177,18 @@ def run_llm_stage(
     sources = {split: prompt_predictions(run, split) for split in splits}
     corpus = load_run_corpus(run)
     stage_price(config.endpoint)  # before the lock or a server: a budget without a price is refused
-    # One process at a time: a second one would send (and pay for) the same fields again.
-    with (
-        run_lock(run.llm.lock, "prompting the LLM"),
-        endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved,
-    ):
-        return asyncio.run(_run(run, corpus, config, resolved, sources, progress, limit_dialogues))
+    fresh = not run.llm.dir.exists()
+    try:
+        # One process at a time: a second one would send (and pay for) the same fields again.
+        with (
+            run_lock(run.llm.lock, "prompting the LLM"),
+            endpoint(config.endpoint, notify, log_path=run.llm.server_log) as resolved,
+        ):
+            return asyncio.run(_run(run, corpus, config, resolved, sources, progress, limit_dialogues))
+    except EndpointUnusable:
+        if fresh:  # a first try at a dead or wrong endpoint leaves the run as it was
+            shutil.rmtree(run.llm.dir, ignore_errors=True)
+        raise
 
 
 @dataclass
@@ -376,7 +384,8 @@ async def _ask_splits(
             ),
         }
         _write_records(run, settings, stats, session, client, started)
-        if limit is not None and done.fallback_rate > limit:
+        # A budget stop is reported as one (the caller sees it in the stats), not as fallbacks.
+        if limit is not None and done.fallback_rate > limit and not done.fallbacks.get("budget"):
             reasons = ", ".join(f"{reason} {n}" for reason, n in done.fallbacks.items())
             raise StageIncomplete(
                 f"{split}: {done.fallback_rate:.1%} of the utterance answers fell back to vanilla "
@@ -562,6 +571,8 @@ class _Session(_Planner):
             for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
                 if not self.from_cache(request):
                     pending.append(request)
+        if pending:
+            await self.client.ensure_checked()  # a dead endpoint: an error before any progress shows
         bar = progress_bar(
             desc=f"llm {split}",
             unit="req",
