@@ -38,7 +38,7 @@ from lantern.training import train_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_data_recipe_search.json"
 
-# The published recipe each search starts from (MODELS.md), text-only.
+# The published recipe each search starts from (docs/models.md), text-only.
 BASES: dict[str, str] = {"corect": "corect", "sdt": "sdt-meld"}
 
 Candidate = dict[str, Any]

@@ -1,4 +1,4 @@
-"""Evaluation of a run: every seed × method on the test split, once, at the end (METHOD.md, Protocol).
+"""Evaluation of a run: every seed × method on the test split, once, at the end (docs/method.md, Protocol).
 
 A run directory holds one seed (RUN_DIR/vanilla exists) or several (RUN_DIR/seed-*/, each a full
 single-seed run directory). For each seed, the vanilla model and every fused method present under

@@ -1,6 +1,6 @@
 """Receptive fields: overlapping windows over a dialogue, so that every utterance lies in exactly t of them.
 
-Construction (METHOD.md §2): stride ``s``, field length ``w = t·s``, fields
+Construction (docs/method.md §2): stride ``s``, field length ``w = t·s``, fields
 ``R_k = [k·s, k·s + w) ∩ [0, N)`` for ``k = -(t-1) … ⌈N/s⌉-1``. Fields at the edges are truncated,
 so that the first and last utterances are covered ``t`` times like every other one.
 

@@ -1,7 +1,7 @@
 """The run directory: every path and file name of a run, and the typed records stages hand over.
 
-Stages talk to each other only through files here (RUNDIR.md), so this module is the one place that
-spells their names; every other module asks it::
+Stages talk to each other only through files here (docs/run-directory.md), so this module is the
+one place that spells their names; every other module asks it::
 
     RUN_DIR/run.json                      config, Lantern version, corpus, per stage its config hash
     RUN_DIR/.lock                         held while `lantern run` works here (lantern.runlock)

@@ -77,7 +77,7 @@ class TrainConfig:
         return asdict(self)
 
 
-# The published recipes (MODELS.md), the text-only recipes for the Friends corpora (chosen on
+# The published recipes (docs/models.md), the text-only recipes for the Friends corpora (chosen on
 # MELD's dev split by bench/real_data_recipe_search.py; bench/results/real_data_recipe_search.json
 # holds every candidate and its dev figures), and a short one for tests and demos.
 PRESETS: dict[str, dict[str, Any]] = {

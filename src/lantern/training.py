@@ -1,10 +1,10 @@
 """Stage 1: train the multi-task vanilla model, select it on dev, save it, predict every split.
 
 Loss = the model's own classification loss (SDT's includes self-distillation) + λ · masked VAD MSE
-(METHOD.md §1). Model selection uses dev weighted F1 only; ``fit`` is handed the training and dev
+(docs/method.md §1). Model selection uses dev weighted F1 only; ``fit`` is handed the training and dev
 dialogues and nothing else, so the test split cannot leak into training or selection.
 
-Files written under RUN_DIR/vanilla/ (RUNDIR.md): model.safetensors, config.json (everything that
+Files written under RUN_DIR/vanilla/ (docs/run-directory.md): model.safetensors, config.json (everything that
 rebuilds the model and reads new dialogues), metrics.json (per-epoch history, the chosen epoch),
 predictions-{train,dev,test}.jsonl, and optionally crossfit/predictions-train.jsonl.
 """
@@ -43,7 +43,7 @@ from lantern.train_config import CLASS_WEIGHT_POWERS, TrainConfig, default_prese
 
 log = logging.getLogger(__name__)
 
-# Published IEMOCAP 6-way training priors (DATA.md); SDT weights its NLL by their inverses.
+# Published IEMOCAP 6-way training priors (docs/data.md); SDT weights its NLL by their inverses.
 IEMOCAP6_PRIORS = (0.0867, 0.1444, 0.2279, 0.1606, 0.1277, 0.2527)
 
 

@@ -1,4 +1,4 @@
-"""Receptive-field-aware attention weighting: merging each utterance's t LLM answers (METHOD.md §4).
+"""Receptive-field-aware attention weighting: merging each utterance's t LLM answers (docs/method.md §4).
 
 ``inputs`` joins predictions and answers; ``scorers`` holds the math of each weighting module;
 ``methods`` the estimators; ``crossval`` trains them (many at once) and picks their

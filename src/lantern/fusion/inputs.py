@@ -1,7 +1,7 @@
 """What fusion sees: the vanilla distribution and VAD of each utterance, and its t LLM answers.
 
 Each utterance i lies in t receptive fields, so the LLM stage gives it t distributions q_ik, one per
-receptive-field position b_ik ∈ {0..t-1} (METHOD.md §4). :func:`build_inputs` joins a predictions
+receptive-field position b_ik ∈ {0..t-1} (docs/method.md §4). :func:`build_inputs` joins a predictions
 file with an answers file into arrays, one row per utterance, candidates ordered by position.
 """
 

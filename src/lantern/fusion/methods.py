@@ -1,7 +1,7 @@
 """The fusion methods: estimators that merge each utterance's t LLM answers (and its vanilla p).
 
 Every method is a mixture ``ŷ_i = Σ_k w_ik q_ik + w_i,vanilla p_i`` and differs only in how the
-weights are found (METHOD.md §4):
+weights are found (docs/method.md §4):
 
 - ``vanilla``: w = 1 on p (the vanilla model alone);
 - ``uniform``: the mean of the t LLM answers;

@@ -1,6 +1,6 @@
 """How the LLM is asked to answer one field, and how its answer is read (``answer_format``).
 
-Three forms, an experiment axis (METHOD.md §3), each asking for every utterance of the field by its
+Three forms, an experiment axis (docs/method.md §3), each asking for every utterance of the field by its
 index and each read into one distribution per utterance:
 
 - ``probs``: adjusted probabilities, the paper's form: ``{"4": {"hap": 10, "sad": 0, ...}, ...}``

@@ -1,7 +1,7 @@
 """The LLM stage: prompt the LLM once per receptive field and record an answer for every utterance.
 
 Reads the vanilla predictions of each split (for ``train``, the cross-fitted ones: the weighter is
-trained with exactly the p the LLM was shown, METHOD.md §4) and the transcripts of the corpus
+trained with exactly the p the LLM was shown, docs/method.md §4) and the transcripts of the corpus
 recorded in ``run.json``; writes one answers file per split (one record per field, every field and
 every utterance listed), the settings the answers were made with (:class:`LLMSettings`: fields,
 prompt version, endpoint kind and model, and the hashes of the predictions prompted with and of

@@ -1,8 +1,8 @@
 """CORECT: relational temporal graph network plus pairwise cross-modal attention (EMNLP 2023).
 
-The network of docs/MODELS.md, written from that description: unimodal encoders, a speaker
+The network of docs/models.md, written from that description: unimodal encoders, a speaker
 embedding, the RT-GCN over one node per (utterance, modality), the P-CM cross-modal transformers,
-and a classifier on their concatenation; the multi-task VAD head (METHOD.md §1) reads the same
+and a classifier on their concatenation; the multi-task VAD head (docs/method.md §1) reads the same
 concatenation. Unlike the public code it masks padding everywhere (a batch gives the outputs of
 its dialogues run one by one), takes any number of speakers and any subset of modalities, and
 builds its graph with tensor operations.

@@ -1,6 +1,6 @@
 """The multi-task addition to a vanilla model: a valence/arousal/dominance regression head.
 
-It reads the same final utterance representation as the classifier (METHOD.md §1), so the two
+It reads the same final utterance representation as the classifier (docs/method.md §1), so the two
 tasks share everything below it; the output is on [0, 1] (targets are the 1-5 scale rescaled).
 """
 

@@ -1,4 +1,4 @@
-"""SDT: a multimodal transformer with self-distillation (Ma et al., IEEE TMM 2023), per MODELS.md.
+"""SDT: a multimodal transformer with self-distillation (Ma et al., IEEE TMM 2023), per docs/models.md.
 
 Each modality is projected to ``hidden``; nine one-layer transformer encoders give, for every
 target modality, one intra-modal stream (its own context) and one inter-modal stream per other
@@ -144,7 +144,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """The published one-layer encoder (MODELS.md § SDT, item 3): queries from the target modality,
+    """The published one-layer encoder (docs/models.md § SDT, item 3): queries from the target modality,
     keys/values from the source. Positions and speaker embeddings are added to both inputs here
     ("inside every encoder"), then dropout; attention without a LayerNorm before it, residual onto
     the dropped query input; then a pre-LayerNorm tanh-GELU feed-forward. The speaker table is
@@ -262,7 +262,7 @@ class SDT(nn.Module):
     ) -> torch.Tensor:
         """NLL(fused) + Σ_m NLL(m) + Σ_m KL(softmax(fused/T) ‖ softmax(m/T)), weights 1/1/1.
 
-        The KL keeps MODELS.md's direction: the fused distribution P is the reference, each
+        The KL keeps docs/models.md's direction: the fused distribution P is the reference, each
         modality's Q_m is pulled towards it, KL = Σ_c P (log P − log Q_m). Neither side is
         detached — the published loss is written without a stop-gradient, so the fused classifier
         also receives the distillation gradient. NLL terms average over labelled utterances

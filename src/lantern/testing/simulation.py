@@ -1,6 +1,6 @@
 """A simulated LLM for studying the fusion without a frontier model (answers labelled "simulated").
 
-It answers a Lantern prompt from gold labels (METHOD.md, "Studying the fusion without a frontier
+It answers a Lantern prompt from gold labels (docs/method.md, "Studying the fusion without a frontier
 LLM"); the project's test server serves it over HTTP under the model name ``simulated-llm``. Two
 modes:
 
