@@ -4,6 +4,7 @@ default, global options after the command."""
 from __future__ import annotations
 
 import argparse
+import shlex
 
 import pytest
 
@@ -36,6 +37,9 @@ def test_every_command_has_an_example_that_runs_it(name, parser):
     assert parser.epilog and parser.epilog.startswith(("example:", "examples:")), name
     lines = [line.strip() for line in parser.epilog.splitlines()[1:] if line.strip()]
     assert lines and all(line.startswith(f"lantern {name}") for line in lines), (name, lines)
+    for line in lines:  # each example is a command line the parser accepts as written
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.command == name.split()[0], line
 
 
 @pytest.mark.parametrize(("name", "parser"), COMMANDS, ids=[n for n, _ in COMMANDS])
@@ -64,3 +68,11 @@ def test_one_spelling_for_quiet():
     for name, parser in COMMANDS:
         flags = {f for a in parser._actions for f in a.option_strings}
         assert "--no-progress" not in flags, name
+
+
+def test_the_overview_s_commands_parse_as_written():
+    parser = build_parser()
+    lines = [line.strip() for line in parser.epilog.splitlines() if line.startswith("  lantern ")]
+    assert len(lines) >= 7
+    for line in lines:
+        parser.parse_args(shlex.split(line)[1:])
