@@ -4,7 +4,9 @@ default, global options after the command."""
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +78,28 @@ def test_the_overview_s_commands_parse_as_written():
     assert len(lines) >= 7
     for line in lines:
         parser.parse_args(shlex.split(line)[1:])
+
+
+def _readme_commands() -> list[str]:
+    """Every `lantern ...` line of the README's shell blocks, optional parts (``[...]``) and comments
+    left out."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    commands, in_shell = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_shell = line.strip() in ("```bash", "```sh")
+            continue
+        if in_shell and line.startswith("lantern "):
+            line = re.sub(r"\[[^\]]*\]", "", line.split("  #")[0])
+            commands.append(line.strip())
+    return commands
+
+
+def test_every_command_in_the_readme_parses_as_written():
+    commands = _readme_commands()
+    assert len(commands) >= 20
+    for line in commands:
+        try:
+            build_parser().parse_args(shlex.split(line)[1:])
+        except SystemExit:
+            pytest.fail(f"README: {line!r} does not parse")
