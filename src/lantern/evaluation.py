@@ -295,7 +295,7 @@ def llm_answer_quality(run: RunDir, classes: Sequence[str]) -> dict[str, Any]:
     predictions it was prompted with)."""
     out = {}
     for split in ("train", "dev", "test"):
-        source = run.vanilla.crossfit_predictions if split == "train" else run.predictions(split)
+        source = run.prompted_predictions(split)
         if run.answers(split).exists() and source.exists():
             answers = read_field_answers(run.answers(split))
             out[split] = answer_quality(read_predictions(source), answers, classes)

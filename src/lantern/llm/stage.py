@@ -115,18 +115,13 @@ class PlannedField(NamedTuple):
 
 
 def prompt_predictions(run: RunDir, split: str) -> Path:
-    """The vanilla predictions a split's prompts are built from: for ``train``, the cross-fitted ones
-    (the final model's in-sample predictions are nearly always right; prompting with them would
-    teach the weighter to trust answers anchored on near-gold references)."""
-    if split == "train":
-        path = run.vanilla.crossfit_predictions
-        if not path.exists():
-            raise LanternError(
-                f"{path}: prompting the train split needs cross-fitted vanilla predictions "
-                "(train with `lantern train --crossfit K`)"
-            )
-        return path
-    path = run.predictions(split)
+    """:meth:`RunDir.prompted_predictions`, which must exist."""
+    path = run.prompted_predictions(split)
+    if split == "train" and not path.exists():
+        raise LanternError(
+            f"{path}: prompting the train split needs cross-fitted vanilla predictions "
+            "(train with `lantern train --crossfit K`)"
+        )
     if not path.exists():
         raise FileNotFoundError(f"{path}: no vanilla predictions (run `lantern train` first)")
     return path

@@ -256,7 +256,7 @@ def write_answers(
     )
     stats = LLMStats()
     for split in splits:
-        source = run.vanilla.crossfit_predictions if split == "train" else run.predictions(split)
+        source = run.prompted_predictions(split)
         answers = synthetic_answers(
             read_predictions(source),
             spec=spec,
