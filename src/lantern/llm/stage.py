@@ -186,6 +186,15 @@ def run_llm_stage(
         raise
 
 
+def _structured_mode(response_format: str | None, server_kind: str) -> str:
+    """The structured-output mode asked for, else the server kind's; an unknown kind is an error."""
+    if response_format is not None:
+        return response_format
+    if server_kind not in DEFAULT_MODE:
+        raise LanternError(f"unknown server kind {server_kind!r}; known: {', '.join(DEFAULT_MODE)}")
+    return DEFAULT_MODE[server_kind]
+
+
 @dataclass
 class PlannedSplit:
     """What prompting one split would take (:func:`plan_llm_stage`): dialogues and fields, the
@@ -243,14 +252,13 @@ def plan_llm_stage(
         model, kind = LOCAL_MODEL_NAME, ep.server_kind or SERVER_KINDS[resolve_backend(ep.local_backend)]
     else:
         model, kind = str(ep.model), ep.server_kind or REMOTE_SERVER_KIND
-    if ep.response_format is None and kind not in DEFAULT_MODE:
-        raise LanternError(f"unknown server kind {kind!r}; known: {', '.join(DEFAULT_MODE)}")
+    mode = _structured_mode(ep.response_format, kind)
     planner = _Planner(
         config=config,
         labels=corpus.labels,
         texts={u.id: u for d in corpus.dialogues for u in d.utterances},
         model=model,
-        mode=ep.response_format or DEFAULT_MODE[kind],
+        mode=mode,
     )
     cached = set() if config.refresh else cached_keys(Path(config.cache_path or run.llm.cache))
     planned = []
@@ -289,8 +297,7 @@ async def _run(
     started = time.monotonic()
     assert ep.model is not None and ep.server_kind is not None
     assert ep.concurrency is not None and ep.timeout is not None  # resolved by endpoint()
-    if ep.response_format is None and ep.server_kind not in DEFAULT_MODE:
-        raise LanternError(f"unknown server kind {ep.server_kind!r}; known: {', '.join(DEFAULT_MODE)}")
+    mode = _structured_mode(ep.response_format, ep.server_kind)
     price = stage_price(ep)
     client = LLMClient(
         ep.base_urls,
@@ -311,10 +318,23 @@ async def _run(
     )
     if price is None:
         log.info("no price is known for model %r: its cost is not counted (--prices gives it)", ep.model)
+    limit = None if config.allow_fallbacks else config.max_fallback_rate
     try:
         with ResponseCache(Path(config.cache_path or run.llm.cache), refresh=config.refresh) as cache:
+            session = _Session(
+                config=config,
+                labels=corpus.labels,
+                texts={u.id: u for d in corpus.dialogues for u in d.utterances},
+                model=ep.model,
+                mode=mode,
+                max_answer_retries=ep.max_answer_retries,
+                client=client,
+                cache=cache,
+                # Invalid answers in a row stop the stage only where fallbacks are not accepted anyway.
+                count_invalid=limit is not None and limit < 1,
+            )
             return await _ask_splits(
-                run, corpus, config, ep, sources, progress, limit_dialogues, client, cache, started
+                run, config, ep, sources, progress, limit_dialogues, limit, session, started
             )
     finally:
         await client.close()
@@ -322,31 +342,16 @@ async def _run(
 
 async def _ask_splits(
     run: RunDir,
-    corpus: Corpus,
     config: LLMConfig,
     ep: Endpoint,
     sources: dict[str, Path],
     progress: bool,
     limit_dialogues: int | None,
-    client: LLMClient,
-    cache: ResponseCache,
+    limit: float | None,
+    session: _Session,
     started: float,
 ) -> LLMStats:
     """Every split in turn, its answers, settings and stats written as soon as it is done."""
-    assert ep.model is not None and ep.server_kind is not None
-    limit = None if config.allow_fallbacks else config.max_fallback_rate
-    session = _Session(
-        config=config,
-        labels=corpus.labels,
-        texts={u.id: u for d in corpus.dialogues for u in d.utterances},
-        model=ep.model,
-        mode=ep.response_format or DEFAULT_MODE[ep.server_kind],
-        max_answer_retries=ep.max_answer_retries,
-        client=client,
-        cache=cache,
-        # Invalid answers in a row stop the stage only where fallbacks are not accepted anyway.
-        count_invalid=limit is not None and limit < 1,
-    )
     stats = LLMStats(max_cost=ep.max_cost)
     settings = _settings(run, config, ep, session)
     for split, source in sources.items():
@@ -378,7 +383,7 @@ async def _ask_splits(
                 else {}
             ),
         }
-        _write_records(run, settings, stats, session, client, started)
+        _write_records(run, settings, stats, session, started)
         # A budget stop is reported as one (the caller sees it in the stats), not as fallbacks.
         if limit is not None and done.fallback_rate > limit and not done.fallbacks.get("budget"):
             reasons = ", ".join(f"{reason} {n}" for reason, n in done.fallbacks.items())
@@ -391,9 +396,10 @@ async def _ask_splits(
 
 
 def _write_records(
-    run: RunDir, settings: LLMSettings, stats: LLMStats, session: _Session, client: LLMClient, started: float
+    run: RunDir, settings: LLMSettings, stats: LLMStats, session: _Session, started: float
 ) -> None:
     """Write the settings and the figures so far (after each split, so a stop keeps them)."""
+    client = session.client
     settings.served_models = dict(sorted(session.served_models.items()))
     stats.requests_sent = client.stats.requests_sent
     stats.requests_per_replica = list(client.stats.per_replica)
