@@ -45,7 +45,7 @@ Start with `lantern demo` (the whole pipeline on a small synthetic corpus with t
 
 def build_parser() -> argparse.ArgumentParser:
     from lantern.cli import data, llm, models, pipeline, report
-    from lantern.cli.command import GLOBAL_OPTIONS, HelpFormatter
+    from lantern.cli.command import VERBOSE_HELP, HelpFormatter
 
     parser = argparse.ArgumentParser(
         prog="lantern",
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lantern {__version__}")
     # Its own flag, not GLOBAL_OPTIONS': that action object is shared by every command, whose
     # default must stay SUPPRESS so that `-v` before the command survives the command's parsing.
-    parser.add_argument("-v", "--verbose", action="store_true", help=GLOBAL_OPTIONS._actions[-1].help)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (data, models, llm, pipeline, report):
         module.register(sub)

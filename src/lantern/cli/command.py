@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 # Options every command accepts, before or after its name. SUPPRESS: a command line that does not
 # repeat the flag after the command keeps what was given before it.
+VERBOSE_HELP = "log progress details"
 GLOBAL_OPTIONS = argparse.ArgumentParser(add_help=False)
 GLOBAL_OPTIONS.add_argument(
-    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details"
+    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
 )
 
 
