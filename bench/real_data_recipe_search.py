@@ -5,9 +5,10 @@ For each model (CORECT, SDT) on the real MELD release (7 emotions, bundled MiniL
 early stopping (``--patience``), and scored by their best dev weighted F1 — the same selection the
 trainer makes. The search is coordinate-wise: each stage varies one group of settings around the
 best candidate so far (learning rate × batch size, then class weighting, dropout, weight decay,
-then model-specific settings), and the best of a stage seeds the next. Since one seed's
-differences are within seed noise, the ``--finalists`` best distinct candidates are then trained
-with seeds 1 and 2 as well and the recipe is the one with the best mean over the three seeds.
+then model-specific settings, then a moving average of the weights), and the best of a stage seeds
+the next. Since one seed's differences are within seed noise, the ``--finalists`` best distinct
+candidates are then trained with seeds 1 and 2 as well and the recipe is the one with the best mean
+over the three seeds.
 Nothing here predicts or reads the test split: candidates are built with ``train_model``, which is
 given the training and dev dialogues only.
 
@@ -52,6 +53,9 @@ def _with(best: Candidate, **changes: Any) -> Candidate:
     return out
 
 
+# Horizons (in epochs) of the moving weight average tried last (TrainConfig.average_epochs).
+AVERAGE_EPOCHS = (2.0, 5.0)
+
 # Stage name → the variants it tries around the best candidate so far (which competes too).
 STAGES: dict[str, list[tuple[str, Callable[[Candidate], list[Candidate]]]]] = {
     "corect": [
@@ -73,6 +77,7 @@ STAGES: dict[str, list[tuple[str, Callable[[Candidate], list[Candidate]]]]] = {
                 _with(b, model_overrides={"text_encoder": "mlp"}),
             ],
         ),
+        ("weight averaging [ours]", lambda b: [_with(b, average_epochs=e) for e in AVERAGE_EPOCHS]),
     ],
     "sdt": [
         (
@@ -92,6 +97,7 @@ STAGES: dict[str, list[tuple[str, Callable[[Candidate], list[Candidate]]]]] = {
                 _with(b, model_overrides={"gates_frozen": False}),
             ],
         ),
+        ("weight averaging [ours]", lambda b: [_with(b, average_epochs=e) for e in AVERAGE_EPOCHS]),
     ],
 }
 

@@ -33,7 +33,9 @@ class TrainConfig:
     other processes leave free, asked again before every epoch (``lantern.cores``: beside one busy
     process, two threads made a demo epoch 30x slower); ``bucket_batches``: batches per
     length-sorted pool (see ``length_batches``); ``model_overrides``: model config fields the
-    recipe sets (SDT's MELD temperature, a dropout)."""
+    recipe sets (SDT's MELD temperature, a dropout); ``average_epochs``: evaluate, select and save
+    a moving average of the weights over about this many epochs of steps instead of the weights as
+    last stepped (0: off; see ``lantern.training.WeightAverage``) [ours]."""
 
     preset: str = "quick"
     model: str | None = None
@@ -53,6 +55,7 @@ class TrainConfig:
     bucket_batches: int = 4
     progress: bool = True
     precision: str = "fp32"
+    average_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "bucket_batches"):
@@ -64,6 +67,8 @@ class TrainConfig:
             raise LanternError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
         if self.lr <= 0:
             raise LanternError(f"lr must be > 0, got {self.lr}")
+        if not self.average_epochs >= 0:
+            raise LanternError(f"average_epochs must be >= 0 (0: no averaging), got {self.average_epochs}")
         if self.lambda_vad < 0:
             raise LanternError(f"lambda_vad must be >= 0, got {self.lambda_vad}")
         if self.scheduler not in ("none", "plateau"):

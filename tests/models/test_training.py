@@ -421,3 +421,54 @@ def test_fixed_training_threads_are_kept(tmp_path, monkeypatch):
     assert set(used) == {1}
     with pytest.raises(LanternError, match="threads"):
         make_train_config("quick", threads=-1)
+
+
+def test_the_weight_average_is_the_running_mean_then_exponential():
+    model = torch.nn.BatchNorm1d(1)  # one float weight and an integer buffer (num_batches_tracked)
+    average = training.WeightAverage(model, horizon=3)
+    expected = model.weight.detach().clone()
+    for step, value in enumerate([3.0, 6.0, 9.0, 12.0, 15.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+            model.num_batches_tracked.fill_(step)
+        average.update(model)
+        share = max(1 / step, 1 / 3)
+        expected = expected + share * (value - expected)
+        assert average.state["weight"].item() == pytest.approx(expected.item())
+        assert average.state["num_batches_tracked"].item() == step
+    # the mean of the first three steps, then two exponential steps with decay 2/3
+    assert average.state["weight"].item() == pytest.approx(((6.0 * 2 / 3 + 12 / 3) * 2 / 3) + 15 / 3)
+    with average.applied(model):
+        assert model.weight.item() == pytest.approx(expected.item())
+    assert model.weight.item() == 15.0
+
+
+def test_averaged_training_keeps_the_trajectory_and_evaluates_selects_and_saves_the_average(tmp_path):
+    corpus = make_corpus(n_dialogues=(12, 4, 2))
+    kwargs = {**small_fit_kwargs(), "epochs": 4, "patience": 0}
+    train_run(corpus, tmp_path / "plain", "sdt", **kwargs)
+    train_run(corpus, tmp_path / "avg", "sdt", average_epochs=2, **kwargs)
+    plain, avg = (json.loads((tmp_path / x / "vanilla/metrics.json").read_text()) for x in ("plain", "avg"))
+    # the same steps are taken: averaging only changes what is evaluated and kept
+    assert [h["train_loss"] for h in plain["history"]] == [h["train_loss"] for h in avg["history"]]
+    assert [h["dev_loss"] for h in plain["history"]] != [h["dev_loss"] for h in avg["history"]]
+    model, meta = load_checkpoint(tmp_path / "avg/vanilla")
+    assert meta.training["average_epochs"] == 2
+    labels = corpus.labels.classes
+    report = training.evaluate(
+        model,
+        corpus.split("dev"),
+        labels,
+        speaker_vocab=meta.speaker_vocab,
+        modalities=list(meta.modalities),
+        device=torch.device("cpu"),
+        batch_size=8,
+    )
+    best = avg["history"][avg["best_epoch"] - 1]
+    assert report["weighted_f1"] == pytest.approx(best["dev_weighted_f1"])
+    assert report["accuracy"] == pytest.approx(best["dev_accuracy"])
+
+
+def test_a_negative_averaging_horizon_is_refused():
+    with pytest.raises(LanternError, match="average_epochs must be >= 0"):
+        make_train_config("quick", average_epochs=-1)

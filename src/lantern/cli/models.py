@@ -115,6 +115,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"({_recipe_default('patience')})",
     )
     p.add_argument(
+        "--average-epochs",
+        type=non_negative_float,
+        metavar="E",
+        help="evaluate, select and save a moving average of the weights over about E epochs, 0 for "
+        f"the weights as trained ({_recipe_default('average_epochs')})",
+    )
+    p.add_argument(
         "--crossfit",
         type=int,
         nargs="?",
@@ -209,6 +216,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         class_weights=args.class_weights,
         patience=args.patience,
+        average_epochs=args.average_epochs,
     )
     dev = summary["dev"]
     chosen = "the default for this corpus" if summary["preset_source"] == "default" else "as asked"
