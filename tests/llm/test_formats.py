@@ -204,6 +204,54 @@ def test_logprobs_tokens_that_begin_inside_the_quote_and_shared_prefixes() -> No
     assert close(parsed.probs[0], [0, 0.4, 0, 0.4, 0.2, 0, 0])
 
 
+def test_what_a_logprobs_answer_keeps_is_the_evidence_read_and_reads_the_same() -> None:
+    """A hosted server sends 20 alternatives, each with its bytes, for every token: the reading keeps
+    every token's text and the alternatives at the labels only, and reading that gives the same."""
+    fmt = LogprobsFormat()
+    text = '{"4": "neu", "5": "hap"}'
+    tokens = logprob_tokens(
+        ('{"', None), ("4", None), ('": "', None),
+        ("ne", {"ne": 0.6, "ang": 0.3, "h": 0.1}),
+        ("u", None), ('", "', None), ("5", None), ('": "', None),
+        ("hap", {"hap": 0.5, "exc": 0.25, "happy": 0.25, " ": 0.3}),
+        ('"}', None),
+    )  # fmt: skip
+    for token in tokens:
+        token["bytes"] = list(token["token"].encode())
+        token["top_logprobs"] += [{"token": f"x{n}", "logprob": -20.0, "bytes": [120]} for n in range(17)]
+    parsed = fmt.parse(text, tokens, IDX, C)
+    assert parsed.errors == {}
+    kept = parsed.evidence
+    assert [t["token"] for t in kept] == [t["token"] for t in tokens]
+    assert [n for n, t in enumerate(kept) if "top_logprobs" in t] == [3, 8]
+    assert all(set(c) == {"token", "logprob"} for t in kept for c in t.get("top_logprobs", []))
+    again = fmt.parse(text, json.loads(json.dumps(kept)), IDX, C)
+    assert again.probs == parsed.probs and again.errors == {}
+    assert len(json.dumps(kept)) < len(json.dumps(tokens)) / 5
+
+
+def test_unreadable_alternatives_at_a_label_are_skipped_and_unreadable_tokens_read_as_none() -> None:
+    fmt = LogprobsFormat()
+    text = '{"4": "neu", "5": "hap"}'
+    tokens = logprob_tokens(
+        ('{"4": "', None), ("ne", {"ne": 0.6, "ang": 0.4}), ('u", "5": "', None), ("hap", {"hap": 1.0}),
+        ('"}', None),
+    )  # fmt: skip
+    tokens[1]["top_logprobs"] += [
+        "neu",
+        {"token": "h", "logprob": True},
+        {"token": "h", "logprob": float("nan")},
+        {"token": 7, "logprob": -0.1},
+        {"logprob": -0.1},
+    ]
+    parsed = fmt.parse(text, tokens, IDX, C)
+    assert parsed.errors == {} and close(parsed.probs[4], [0, 0, 0.6, 0.4, 0, 0])
+    tokens[3]["top_logprobs"] = "hap"  # not a list: nothing to read at that label
+    assert fmt.parse(text, tokens, IDX, C).errors == {5: "no logprobs at label"}
+    tokens[2] = {"text": 'u", "5": "'}  # a token without its text: the labels cannot be placed
+    assert fmt.parse(text, tokens, IDX, C).errors == {4: "no logprobs", 5: "no logprobs"}
+
+
 def test_logprobs_format_without_logprobs_falls_back_rather_than_faking_certainty() -> None:
     parsed = LogprobsFormat().parse('{"4": "neu", "5": "hap"}', None, IDX, C)
     assert parsed.probs == {} and parsed.errors == {4: "no logprobs", 5: "no logprobs"}

@@ -132,6 +132,63 @@ def test_every_window_and_utterance_is_answered_and_a_rerun_is_free(tmp_path, fr
     assert refreshed.requests_sent == 12 and refreshed.cache_hits == 0
 
 
+def test_the_cache_keeps_the_log_probabilities_read_and_a_rerun_reads_the_same(tmp_path, fresh):
+    run = make_run(tmp_path, [("test", 10)])
+    run_llm_stage(run, config(fresh, answer_format="logprobs"), ["test"], progress=False)
+    cold = (run / "llm" / "answers-test.jsonl").read_bytes()
+    db = sqlite3.connect(run / "llm" / "cache.sqlite")
+    rows = db.execute("SELECT text, logprobs FROM answers").fetchall()
+    assert rows
+    for text, logprobs in rows:
+        tokens = json.loads(logprobs)
+        assert "".join(t["token"] for t in tokens) == text
+        # alternatives only where a label starts: one per utterance of the field
+        assert sum("top_logprobs" in t for t in tokens) == len(json.loads(text))
+    again = run_llm_stage(run, config(fresh, answer_format="logprobs"), ["test"], progress=False)
+    assert again.requests_sent == 0 and again.cache_hits == len(rows)
+    assert (run / "llm" / "answers-test.jsonl").read_bytes() == cold
+
+
+def test_requests_go_out_while_later_dialogues_are_planned_and_the_bar_counts_from_the_cache(
+    tmp_path, fresh, monkeypatch
+):
+    from lantern.llm import stage
+
+    run = make_run(tmp_path, [("test", 9), ("test", 9), ("test", 9), ("test", 9)])
+    run_llm_stage(run, config(fresh), ["test"], progress=False)
+    rows = sqlite3.connect(run / "llm" / "cache.sqlite")
+    with rows:
+        rows.execute("DELETE FROM answers WHERE rowid IN (SELECT rowid FROM answers ORDER BY rowid LIMIT 7)")
+    sent_when_planned: list[int] = []
+    plan_dialogue = stage._Planner.plan_dialogue
+
+    def planning(self, *args, **kwargs):
+        sent_when_planned.append(self.client.stats.requests_sent)
+        return plan_dialogue(self, *args, **kwargs)
+
+    bars: list[dict] = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.n = kwargs["initial"]
+            bars.append(kwargs | {"bar": self})
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(stage._Planner, "plan_dialogue", planning)
+    monkeypatch.setattr(stage, "progress_bar", lambda **kwargs: Bar(**kwargs))
+    again = run_llm_stage(run, config(fresh), ["test"], progress=True)
+    assert again.requests_sent == 7 and again.cache_hits == 20 - 7
+    # the answers the cache lacked are asked while the rest is still being planned
+    assert sent_when_planned[0] == 0 and sent_when_planned[-1] > 0
+    (bar,) = bars
+    assert (bar["total"], bar["initial"], bar["bar"].n) == (20, 13, 20)
+
+
 @pytest.mark.parametrize("form", ["probs", "logprobs", "digits"])
 def test_requests_are_structured_and_sized_from_the_field(tmp_path, fresh, form):
     run = make_run(tmp_path, [("test", 6)])

@@ -233,36 +233,18 @@ def read_reply(body: bytes) -> Reply:
 
 
 def _token_logprobs(choice: dict) -> list[dict] | None:
-    """``choice.logprobs.content`` reduced to what the readers use (token, logprob, top_logprobs),
-    every entry checked; None when absent or when any entry is malformed."""
+    """``choice.logprobs.content`` when every entry is an object with a text ``token`` (which places
+    the labels in the answer); None when absent or malformed. The alternatives (``top_logprobs``) are
+    checked where a reader uses them — at a label's first token, a few of the answer's tokens —
+    rather than copied here for every token: a server's lists are most of a response's bytes."""
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:
         return None
-    out = []
     for item in content:
         if not isinstance(item, dict) or not isinstance(item.get("token"), str):
             return None
-        top = item.get("top_logprobs") or []
-        if not isinstance(top, list):
-            return None
-        candidates = [
-            {"token": c["token"], "logprob": float(c["logprob"])}
-            for c in top
-            if isinstance(c, dict)
-            and isinstance(c.get("token"), str)
-            and isinstance(c.get("logprob"), int | float)
-            and not isinstance(c.get("logprob"), bool)
-        ]
-        logprob = item.get("logprob")
-        out.append(
-            {
-                "token": item["token"],
-                "logprob": float(logprob) if isinstance(logprob, int | float) else None,
-                "top_logprobs": candidates,
-            }
-        )
-    return out
+    return content
 
 
 def _token_count(usage: dict, name: str) -> int | None:

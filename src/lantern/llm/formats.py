@@ -25,7 +25,10 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import accumulate
 
 from lantern.errors import LanternError
 from lantern.llm.prompt import ANSWER_FORMATS, CLASS_GLOSS
@@ -57,11 +60,15 @@ class AnswerError(ValueError):
 class ParsedAnswer:
     """Per utterance index: a distribution (sums to 1, class order) or the reason there is none.
 
-    Every requested index is in exactly one of ``probs`` and ``errors``.
+    Every requested index is in exactly one of ``probs`` and ``errors``. ``evidence``: for a form
+    read from token log-probabilities, those the reading used — every token's text (which places the
+    labels) and the readable alternatives at each label — which is what the response cache keeps:
+    the server's full lists (20 alternatives per token, with their bytes) are most of a response.
     """
 
     probs: dict[int, list[float]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
+    evidence: list[dict] | None = None
 
 
 def _object_of(indices: list[int], value: dict) -> dict:
@@ -164,20 +171,33 @@ class LogprobsFormat(AnswerFormat):
         self, text: str, logprobs: list[dict] | None, indices: list[int], classes: list[str] | tuple[str, ...]
     ) -> ParsedAnswer:
         parsed = parse_answer(text, indices, classes)
-        if not logprobs:
+        if not logprobs or not all(isinstance(t, dict) and isinstance(t.get("token"), str) for t in logprobs):
             # A server that returns no log-probabilities leaves only the chosen labels: one-hot
             # answers would fake certainty, so they fall back (and the stats say why).
             return ParsedAnswer(errors={i: parsed.errors.get(i, "no logprobs") for i in indices})
         spans = _label_spans(text, indices)
+        starts = _token_starts(logprobs)
+        names = _label_names(tuple(classes))
+        matches: dict[str, tuple[int, ...]] = {}
         result = ParsedAnswer(errors=dict(parsed.errors))
+        read: dict[int, list[dict]] = {}
         for i in indices:
             if i in result.errors:
                 continue
-            probs = _label_distribution(logprobs, spans.get(i), classes)
+            at = _token_at(starts, spans.get(i))
+            probs = None
+            if at is not None:
+                candidates = _candidates(logprobs[at])
+                probs = _label_distribution(candidates, spans[i] - starts[at], names, matches)
+                read[at] = candidates
             if probs is None:
                 result.errors[i] = "no logprobs at label"
             else:
                 result.probs[i] = probs
+        result.evidence = [
+            {"token": item["token"], "top_logprobs": read[n]} if n in read else {"token": item["token"]}
+            for n, item in enumerate(logprobs)
+        ]
         return result
 
     def render(self, probs: dict[int, list[float]], classes: list[str] | tuple[str, ...]) -> str:
@@ -197,57 +217,83 @@ def answer_format(name: str) -> AnswerFormat:
     return formats[name]()
 
 
+_LABEL_START = re.compile(r'"\s*(\d+)\s*"\s*:\s*"')
+
+
 def _label_spans(text: str, indices: list[int]) -> dict[int, int]:
-    """Character offset in ``text`` of the first character of each index's string value."""
+    """Character offset in ``text`` of the first character of each index's string value (its first
+    occurrence)."""
+    wanted = set(indices)
     spans: dict[int, int] = {}
-    for i in indices:
-        m = re.search(rf'"\s*{i}\s*"\s*:\s*"', text)
-        if m is not None:
-            spans[i] = m.end()
+    for m in _LABEL_START.finditer(text):
+        index = int(m.group(1))
+        if index in wanted:
+            spans.setdefault(index, m.end())
     return spans
 
 
-def _label_distribution(
-    logprobs: list[dict], offset: int | None, classes: list[str] | tuple[str, ...]
-) -> list[float] | None:
-    """The distribution over classes at the token holding character ``offset`` of the answer text.
+def _token_starts(logprobs: list[dict]) -> list[int]:
+    """Character offset in the answer text at which each token starts, and the text's length last."""
+    return list(accumulate((len(item["token"]) for item in logprobs), initial=0))
 
-    Each candidate token in ``top_logprobs`` there is read as the start of a label: the characters it
-    adds past the value's opening are matched against the class names (and their glosses); a token
-    that starts several names shares its probability between them. Candidates that start no name
-    (another quote, a space) are dropped and the rest renormalised.
-    """
-    if offset is None:
+
+def _token_at(starts: list[int], offset: int | None) -> int | None:
+    """Index of the token holding character ``offset`` (None past the end, or for no offset)."""
+    if offset is None or offset >= starts[-1]:
         return None
-    position = 0
-    for item in logprobs:
-        token = str(item.get("token", ""))
-        end = position + len(token)
-        if end > offset:
-            lead = offset - position  # characters of this token before the label starts
-            names = _label_names(classes)
-            mass = [0.0] * len(classes)
-            for candidate in item.get("top_logprobs") or []:
-                text = str(candidate.get("token", ""))
-                logprob = candidate.get("logprob")
-                if not isinstance(logprob, int | float) or not math.isfinite(logprob) or len(text) <= lead:
-                    continue
-                start = text[lead:].lower()
-                matches = {
-                    j
-                    for j, options in names.items()
-                    for n in options
-                    if n.startswith(start) or start.startswith(n)
-                }
-                for j in matches:
-                    mass[j] += math.exp(logprob) / len(matches)
-            total = math.fsum(mass)
-            return [m / total for m in mass] if total > 0 else None
-        position = end
-    return None
+    return bisect_right(starts, offset) - 1
 
 
-def _label_names(classes: list[str] | tuple[str, ...]) -> dict[int, list[str]]:
+def _candidates(item: dict) -> list[dict]:
+    """A token's ``top_logprobs`` that can be read: a text token and a finite number each (the rest
+    of a server's entry, such as ``bytes``, is dropped)."""
+    top = item.get("top_logprobs")
+    if not isinstance(top, list):
+        return []
+    return [
+        {"token": c["token"], "logprob": float(c["logprob"])}
+        for c in top
+        if isinstance(c, dict)
+        and isinstance(c.get("token"), str)
+        and isinstance(c.get("logprob"), int | float)
+        and not isinstance(c["logprob"], bool)
+        and math.isfinite(c["logprob"])
+    ]
+
+
+def _label_distribution(
+    candidates: list[dict], lead: int, names: dict[int, list[str]], matches: dict[str, tuple[int, ...]]
+) -> list[float] | None:
+    """The distribution over classes read from the ``candidates`` of the token where a label starts,
+    ``lead`` characters into it.
+
+    Each candidate is read as the start of a label: the characters it adds past the value's opening
+    are matched against the class names (and their glosses, ``names``); a token that starts several
+    names shares its probability between them. Candidates that start no name (another quote, a
+    space) are dropped and the rest renormalised. ``matches`` remembers, across the labels of one
+    answer, which classes a candidate's text starts.
+    """
+    mass = [0.0] * len(names)
+    for candidate in candidates:
+        text = candidate["token"]
+        if len(text) <= lead:
+            continue
+        start = text[lead:].lower()
+        found = matches.get(start)
+        if found is None:
+            found = matches[start] = tuple(
+                j
+                for j, options in names.items()
+                if any(n.startswith(start) or start.startswith(n) for n in options)
+            )
+        for j in found:
+            mass[j] += math.exp(candidate["logprob"]) / len(found)
+    total = math.fsum(mass)
+    return [m / total for m in mass] if total > 0 else None
+
+
+@cache
+def _label_names(classes: tuple[str, ...]) -> dict[int, list[str]]:
     """Per class index, the lower-case names a label may be written as (name and gloss)."""
     out: dict[int, list[str]] = {}
     for j, c in enumerate(classes):
@@ -392,7 +438,7 @@ def _from_string(value: str, classes: list[str] | tuple[str, ...]) -> tuple[list
     if len(value) == n and value.isdigit() and value.isascii():
         return [int(c) for c in value], None
     label = value.lower()
-    named = [j for j, options in _label_names(classes).items() if label in options]
+    named = [j for j, options in _label_names(tuple(classes)).items() if label in options]
     if named:
         return [1 if j == named[0] else 0 for j in range(n)], None
     tokens = [token for token in _SEPARATORS.split(value) if token]

@@ -559,41 +559,52 @@ class _Session(_Planner):
     async def ask_split(
         self, split: str, dialogues: dict[str, list[Prediction]], progress: bool
     ) -> tuple[list[PlannedField], dict[str, _Request]]:
-        """Plan every field, take what the cache holds, then ask for the rest.
+        """Plan every field, taking what the cache holds and sending the rest as it is planned.
 
-        Planning comes first so that the progress bar knows its total and starts at what the cache
-        answered: a resumed stage shows where it is, and its ETA counts only what is sent now. The
-        first fatal error (credentials, a run of failures) cancels the rest and is raised.
+        Sending starts with the first request the cache cannot answer (after the endpoint check:
+        a dead endpoint is an error before any progress shows), so the server works while the
+        remaining dialogues are rendered. The progress bar follows the planning, knowing its total
+        and starting at what the cache answered: a resumed stage shows where it is, and its ETA
+        counts only what is sent now. The first fatal error (credentials, a run of failures)
+        cancels the rest and is raised.
         """
         plan: list[PlannedField] = []
         requests: dict[str, _Request] = {}
-        pending: list[_Request] = []
-        for dialogue_id, preds in dialogues.items():
-            for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
-                if not self.from_cache(request):
-                    pending.append(request)
-        if pending:
-            await self.client.ensure_checked()  # a dead endpoint: an error before any progress shows
-        bar = progress_bar(
-            desc=f"llm {split}",
-            unit="req",
-            total=len(requests),
-            initial=len(requests) - len(pending),
-            enabled=progress,
-        )
+        sent = answered_early = 0
+        bar = None
 
         async def answer(request: _Request) -> None:
+            nonlocal answered_early
             await self.ask(request)
-            bar.update(1)
+            if bar is None:
+                answered_early += 1
+            else:
+                bar.update(1)
 
         try:
             async with asyncio.TaskGroup() as group:
-                for request in pending:
-                    group.create_task(answer(request))
+                for dialogue_id, preds in dialogues.items():
+                    for request in self.plan_dialogue(dialogue_id, preds, plan, requests):
+                        if self.from_cache(request):
+                            continue
+                        if not sent:
+                            await self.client.ensure_checked()
+                        sent += 1
+                        group.create_task(answer(request))
+                    await asyncio.sleep(0)  # the requests just made go out before the next dialogue
+                bar = progress_bar(
+                    desc=f"llm {split}",
+                    unit="req",
+                    total=len(requests),
+                    initial=len(requests) - sent,
+                    enabled=progress,
+                )
+                bar.update(answered_early)
         except BaseExceptionGroup as eg:
             raise eg.exceptions[0] from None
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
         return plan, requests
 
     def _outcome(self, usable: bool, reason: str) -> None:
@@ -668,7 +679,7 @@ class _Session(_Planner):
                         completion.prompt_tokens,
                         completion.completion_tokens,
                         completion.served_model,
-                        completion.logprobs,
+                        parsed.evidence if self.needs_logprobs else None,
                     ),
                 )
                 self.served_models[completion.served_model or self.model] += 1
