@@ -264,6 +264,11 @@ class LLMTestServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # The listen backlog. socketserver's default of 5 is overrun when a client opens its pool of
+    # connections at once (16 for the LLM stage): the kernel drops the extra SYNs and those clients
+    # retry a second later (a SYN retransmit), a stall that benchmarks measured as Lantern's overhead
+    # and production servers do not have (uvicorn, which serves vLLM, listens with 2048).
+    request_queue_size = 512
 
     def __init__(self, address: tuple[str, int], config: ServerConfig) -> None:
         super().__init__(address, _Handler)
