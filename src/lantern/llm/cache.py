@@ -7,7 +7,9 @@ one model answer alike) and never the API key, which must not reach the disk.
 Only *valid* answers are stored (every utterance of the field parsed): a bad answer is retried
 and, if it stays bad, its utterances fall back for this run; nothing is stored, so the next run
 asks again. Stored raw text is re-validated on read by the caller, so a cache written by an older
-parser cannot smuggle in an answer the current one rejects.
+parser cannot smuggle in an answer the current one rejects. Of an answer's token log-probabilities
+only what its reading used is stored (``ParsedAnswer.evidence``: every token's text and the
+alternatives at each label), not the server's 20 alternatives with bytes for every token.
 
 Each answer is committed on its own in WAL mode: a run killed with ``kill -9`` loses at most the
 requests that were in flight, and re-running the same command re-sends only those.
