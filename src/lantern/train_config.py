@@ -109,6 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=10,
         scheduler="plateau",
         class_weights="sqrt_inverse_prior",
+        average_epochs=5.0,
     ),
     "sdt-meld-text": dict(
         model="sdt",
@@ -128,11 +129,10 @@ PRESET_NOTES: dict[str, str] = {
     "corect": "the published CORECT recipe (IEMOCAP, three modalities)",
     "sdt-iemocap": "the published SDT recipe for IEMOCAP",
     "sdt-meld": "the published SDT recipe for MELD (three modalities)",
-    "corect-meld-text": "text-only CORECT, chosen on MELD's dev split (7 emotions, MiniLM); "
-    "used as is for MELD sentiment and EmoryNLP, which were not tuned on",
-    "sdt-meld-text": "text-only SDT, chosen on MELD's dev split (7 emotions, MiniLM; a search "
-    "stopped after its class-weighting stage, one seed); used as is for MELD sentiment and EmoryNLP, "
-    "which were not tuned on",
+    "corect-meld-text": "text-only CORECT, chosen on MELD's dev split (7 emotions, MiniLM; weights "
+    "averaged over about 5 epochs); used as is for MELD sentiment and EmoryNLP, which were not tuned on",
+    "sdt-meld-text": "text-only SDT, chosen on MELD's dev split (7 emotions, MiniLM); used as is for "
+    "MELD sentiment and EmoryNLP, which were not tuned on",
     "quick": "a short run for tests and demos",
 }
 
