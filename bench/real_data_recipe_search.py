@@ -54,7 +54,7 @@ def _with(best: Candidate, **changes: Any) -> Candidate:
 
 
 # Horizons (in epochs) of the moving weight average tried last (TrainConfig.average_epochs).
-AVERAGE_EPOCHS = (2.0, 5.0)
+AVERAGE_EPOCHS = (2.0, 5.0, 10.0)
 
 # Stage name → the variants it tries around the best candidate so far (which competes too).
 STAGES: dict[str, list[tuple[str, Callable[[Candidate], list[Candidate]]]]] = {
@@ -78,6 +78,8 @@ STAGES: dict[str, list[tuple[str, Callable[[Candidate], list[Candidate]]]]] = {
             ],
         ),
         ("weight averaging [ours]", lambda b: [_with(b, average_epochs=e) for e in AVERAGE_EPOCHS]),
+        # Averaged weights peaked late (epochs 13-19 of 20 for the 5-epoch average): a longer budget.
+        ("epoch budget", lambda b: [_with(b, epochs=30)]),
     ],
     "sdt": [
         (
