@@ -109,7 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=10,
         scheduler="plateau",
         class_weights="sqrt_inverse_prior",
-        average_epochs=5.0,
+        average_epochs=10.0,
     ),
     "sdt-meld-text": dict(
         model="sdt",
@@ -130,7 +130,7 @@ PRESET_NOTES: dict[str, str] = {
     "sdt-iemocap": "the published SDT recipe for IEMOCAP",
     "sdt-meld": "the published SDT recipe for MELD (three modalities)",
     "corect-meld-text": "text-only CORECT, chosen on MELD's dev split (7 emotions, MiniLM; weights "
-    "averaged over about 5 epochs); used as is for MELD sentiment and EmoryNLP, which were not tuned on",
+    "averaged over about 10 epochs); used as is for MELD sentiment and EmoryNLP, which were not tuned on",
     "sdt-meld-text": "text-only SDT, chosen on MELD's dev split (7 emotions, MiniLM); used as is for "
     "MELD sentiment and EmoryNLP, which were not tuned on",
     "quick": "a short run for tests and demos",
