@@ -78,8 +78,9 @@ STAGES: dict[str, list[tuple[str, Callable[[Candidate], list[Candidate]]]]] = {
             ],
         ),
         ("weight averaging [ours]", lambda b: [_with(b, average_epochs=e) for e in AVERAGE_EPOCHS]),
-        # Averaged weights peaked late (epochs 13-19 of 20 for the 5-epoch average): a longer budget.
-        ("epoch budget", lambda b: [_with(b, epochs=30)]),
+        # Averaged weights peaked late (epochs 13-19 of 20 for the 5-epoch average, 15-20 for the
+        # 10-epoch one): a longer budget, with and without the average.
+        ("epoch budget", lambda b: [_with(b, epochs=30), _with(b, epochs=30, average_epochs=10.0)]),
     ],
     "sdt": [
         (
