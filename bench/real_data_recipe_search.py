@@ -120,14 +120,17 @@ def _load_average() -> list[float]:
 
 
 def train_candidate(
-    model: str, corpus, candidate: Candidate, epochs: int, patience: int, seed: int = 0
+    model: str, corpus, candidate: Candidate, epochs: int, patience: int, seed: int = 0, threads: int = 1
 ) -> dict:
     """Fit one candidate on train with ``seed``, select on dev; its dev figures and cost. The search's
-    epoch budget applies unless the candidate sets its own."""
+    epoch budget applies unless the candidate sets its own. ``threads`` is fixed for every epoch: the
+    trainer's default (the free cores, asked each epoch) changes the order of floating-point sums
+    with the load, and with it a seed's dev figures (56.43 and 56.19 for one candidate and seed)."""
     config = make_train_config(
         BASES[model],
         **{"epochs": epochs, "patience": patience, **candidate},
         seed=seed,
+        threads=threads,
         modalities=["t"],
         device="cpu",
         progress=False,
@@ -154,7 +157,14 @@ def train_candidate(
 
 
 def search(
-    model: str, corpus, record: dict, epochs: int, patience: int, finalists: int, save: Callable[[], None]
+    model: str,
+    corpus,
+    record: dict,
+    epochs: int,
+    patience: int,
+    finalists: int,
+    save: Callable[[], None],
+    threads: int = 1,
 ) -> None:
     """Run the stages of ``model`` (seed 0), then retrain the ``finalists`` best distinct candidates
     with seeds 1 and 2 and choose by their mean dev weighted F1 over the three seeds: one seed's
@@ -165,7 +175,7 @@ def search(
 
     def run(candidate: Candidate, seed: int, what: str) -> dict:
         key = _key(model, candidate, epochs, patience, seed)
-        result = done.get(key) or train_candidate(model, corpus, candidate, epochs, patience, seed)
+        result = done.get(key) or train_candidate(model, corpus, candidate, epochs, patience, seed, threads)
         done[key] = result
         print(
             f"{model} | {what} | seed {seed}: {json.dumps(candidate)} -> "
@@ -231,7 +241,7 @@ def main() -> None:
         "--finalists", type=int, default=3, help="best candidates retrained with seeds 1, 2 to choose"
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)"
+        "--threads", type=int, default=1, help="torch threads of every epoch (1 is fastest on a busy machine)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -258,7 +268,7 @@ def main() -> None:
 
     for model in [m.strip() for m in args.models.split(",")]:
         record = results["models"].setdefault(model, {})
-        search(model, corpus, record, args.epochs, args.patience, args.finalists, save)
+        search(model, corpus, record, args.epochs, args.patience, args.finalists, save, args.threads)
         chosen = results["models"][model]
         print(
             f"{model}: chosen {json.dumps(chosen['chosen'])}, "
