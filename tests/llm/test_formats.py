@@ -176,16 +176,21 @@ def logprob_tokens(*pieces: tuple[str, dict[str, float] | None]) -> list[dict]:
     return out
 
 
-def test_logprobs_are_read_at_each_label_with_shared_first_tokens_split() -> None:
-    fmt = LogprobsFormat()
-    text = '{"4": "neu", "5": "hap"}'
-    tokens = logprob_tokens(
+def neu_hap_tokens() -> list[dict]:
+    """The tokens of ``{"4": "neu", "5": "hap"}``, with alternatives at the two labels."""
+    return logprob_tokens(
         ('{"', None), ("4", None), ('": "', None),
         ("ne", {"ne": 0.6, "ang": 0.3, "h": 0.1}),
         ("u", None), ('", "', None), ("5", None), ('": "', None),
         ("hap", {"hap": 0.5, "exc": 0.25, "happy": 0.25, " ": 0.3}),
         ('"}', None),
     )  # fmt: skip
+
+
+def test_logprobs_are_read_at_each_label_with_shared_first_tokens_split() -> None:
+    fmt = LogprobsFormat()
+    text = '{"4": "neu", "5": "hap"}'
+    tokens = neu_hap_tokens()
     assert "".join(t["token"] for t in tokens) == text
     parsed = fmt.parse(text, tokens, IDX, C)
     assert parsed.errors == {}
@@ -209,13 +214,7 @@ def test_what_a_logprobs_answer_keeps_is_the_evidence_read_and_reads_the_same() 
     every token's text and the alternatives at the labels only, and reading that gives the same."""
     fmt = LogprobsFormat()
     text = '{"4": "neu", "5": "hap"}'
-    tokens = logprob_tokens(
-        ('{"', None), ("4", None), ('": "', None),
-        ("ne", {"ne": 0.6, "ang": 0.3, "h": 0.1}),
-        ("u", None), ('", "', None), ("5", None), ('": "', None),
-        ("hap", {"hap": 0.5, "exc": 0.25, "happy": 0.25, " ": 0.3}),
-        ('"}', None),
-    )  # fmt: skip
+    tokens = neu_hap_tokens()
     for token in tokens:
         token["bytes"] = list(token["token"].encode())
         token["top_logprobs"] += [{"token": f"x{n}", "logprob": -20.0, "bytes": [120]} for n in range(17)]
