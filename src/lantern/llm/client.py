@@ -56,6 +56,7 @@ from typing import Any
 import openai
 
 from lantern.errors import LanternError
+from lantern.llm.formats import readable_tokens
 from lantern.llm.prices import FREE, Price
 from lantern.llm.redact import Redactor, public_url, url_secrets
 
@@ -239,12 +240,7 @@ def _token_logprobs(choice: dict) -> list[dict] | None:
     rather than copied here for every token: a server's lists are most of a response's bytes."""
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if not isinstance(content, list) or not content:
-        return None
-    for item in content:
-        if not isinstance(item, dict) or not isinstance(item.get("token"), str):
-            return None
-    return content
+    return content if readable_tokens(content) else None
 
 
 def _token_count(usage: dict, name: str) -> int | None:

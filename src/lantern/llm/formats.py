@@ -171,7 +171,7 @@ class LogprobsFormat(AnswerFormat):
         self, text: str, logprobs: list[dict] | None, indices: list[int], classes: list[str] | tuple[str, ...]
     ) -> ParsedAnswer:
         parsed = parse_answer(text, indices, classes)
-        if not logprobs or not all(isinstance(t, dict) and isinstance(t.get("token"), str) for t in logprobs):
+        if not readable_tokens(logprobs):
             # A server that returns no log-probabilities leaves only the chosen labels: one-hot
             # answers would fake certainty, so they fall back (and the stats say why).
             return ParsedAnswer(errors={i: parsed.errors.get(i, "no logprobs") for i in indices})
@@ -215,6 +215,17 @@ def answer_format(name: str) -> AnswerFormat:
     if name not in formats:
         raise LanternError(f"unknown answer format {name!r}; known: {', '.join(ANSWER_FORMATS)}")
     return formats[name]()
+
+
+def readable_tokens(logprobs: object) -> bool:
+    """Whether ``logprobs`` (a ``logprobs.content`` list, from a server or the cache) is non-empty and
+    every entry an object with a text ``token``: what places the labels in the answer. The
+    alternatives are checked where a label reads them (``_candidates``)."""
+    return (
+        isinstance(logprobs, list)
+        and bool(logprobs)
+        and all(isinstance(t, dict) and isinstance(t.get("token"), str) for t in logprobs)
+    )
 
 
 _LABEL_START = re.compile(r'"\s*(\d+)\s*"\s*:\s*"')
