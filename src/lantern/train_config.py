@@ -35,7 +35,9 @@ class TrainConfig:
     length-sorted pool (see ``length_batches``); ``model_overrides``: model config fields the
     recipe sets (SDT's MELD temperature, a dropout); ``average_epochs``: evaluate, select and save
     a moving average of the weights over about this many epochs of steps instead of the weights as
-    last stepped (0: off; see ``lantern.training.WeightAverage``) [ours]."""
+    last stepped (0: off; see ``lantern.training.WeightAverage``) [ours]; ``label_smoothing``: train
+    against labels smoothed towards uniform by this much (0: off; see
+    ``lantern.models.batch.labelled_nll``) [ours]."""
 
     preset: str = "quick"
     model: str | None = None
@@ -56,6 +58,7 @@ class TrainConfig:
     progress: bool = True
     precision: str = "fp32"
     average_epochs: float = 0.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "bucket_batches"):
@@ -69,6 +72,8 @@ class TrainConfig:
             raise LanternError(f"lr must be > 0, got {self.lr}")
         if not self.average_epochs >= 0:
             raise LanternError(f"average_epochs must be >= 0 (0: no averaging), got {self.average_epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise LanternError(f"label_smoothing must be in [0, 1) (0: off), got {self.label_smoothing}")
         if self.lambda_vad < 0:
             raise LanternError(f"lambda_vad must be >= 0, got {self.lambda_vad}")
         if self.scheduler not in ("none", "plateau"):

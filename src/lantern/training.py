@@ -181,9 +181,16 @@ class FitResult:
 
 
 def _loss(
-    model: nn.Module, output, batch, class_weights: torch.Tensor | None, lambda_vad: float
+    model: nn.Module,
+    output,
+    batch,
+    class_weights: torch.Tensor | None,
+    lambda_vad: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    loss = model.classification_loss(output, batch, class_weights)
+    """The training objective; the dev loss (which the plateau scheduler reads) keeps the plain
+    NLL, ``label_smoothing`` 0, so that it measures the model rather than the regulariser."""
+    loss = model.classification_loss(output, batch, class_weights, label_smoothing)
     if lambda_vad > 0 and output.vad is not None:
         loss = loss + lambda_vad * masked_vad_loss(output.vad, batch.vad, batch.vad_mask)
     return loss
@@ -310,7 +317,9 @@ def fit(
             for chunk in batches:
                 batch = collate(chunk, speaker_vocab, modalities).to(device)
                 with mixed_precision(config.precision, device):
-                    loss = _loss(model, model(batch), batch, class_weights, config.lambda_vad)
+                    loss = _loss(
+                        model, model(batch), batch, class_weights, config.lambda_vad, config.label_smoothing
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -266,6 +266,29 @@ def test_classification_loss_ignores_unlabelled_and_weights_classes() -> None:
     empty.backward()
 
 
+def test_label_smoothing_mixes_the_label_with_uniform_and_zero_is_the_plain_loss() -> None:
+    torch.manual_seed(0)
+    model = CORECT(small_config())
+    batch = collate(make_dialogues([5, 3], SMALL), speakers(2), list(SMALL))
+    output = model(batch)
+    labelled = batch.labels != IGNORE_LABEL
+    log_probs = output.log_probs[labelled]
+    nll = -log_probs.gather(1, batch.labels[labelled][:, None]).squeeze(1)
+    uniform = -log_probs.mean(dim=1)
+    torch.testing.assert_close(model.classification_loss(output, batch, label_smoothing=0.0), nll.mean())
+    torch.testing.assert_close(
+        model.classification_loss(output, batch, label_smoothing=0.2), (0.8 * nll + 0.2 * uniform).mean()
+    )
+    # class-weighted: each utterance's two terms weighted as PyTorch does, normalised by its label's weight
+    weights = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    w = weights[batch.labels[labelled]]
+    smooth = -(log_probs * weights).mean(dim=1)
+    torch.testing.assert_close(
+        model.classification_loss(output, batch, weights, label_smoothing=0.2),
+        (0.8 * w * nll + 0.2 * smooth).sum() / w.sum(),
+    )
+
+
 def test_dropout_keeps_expectation() -> None:
     torch.manual_seed(0)
     x = torch.ones(200_000)

@@ -469,6 +469,36 @@ def test_averaged_training_keeps_the_trajectory_and_evaluates_selects_and_saves_
     assert report["accuracy"] == pytest.approx(best["dev_accuracy"])
 
 
+def test_label_smoothing_changes_the_training_steps_but_the_dev_loss_stays_the_plain_nll(tmp_path):
+    corpus = make_corpus(n_dialogues=(12, 4, 2))
+    kwargs = {**small_fit_kwargs("corect"), "epochs": 3, "patience": 0}
+    train_run(corpus, tmp_path / "plain", "corect", **kwargs)
+    train_run(corpus, tmp_path / "smooth", "corect", label_smoothing=0.3, **kwargs)
+    plain, smooth = (
+        json.loads((tmp_path / x / "vanilla/metrics.json").read_text()) for x in ("plain", "smooth")
+    )
+    assert plain["history"][0]["train_loss"] != smooth["history"][0]["train_loss"]
+    model, meta = load_checkpoint(tmp_path / "smooth/vanilla")
+    assert meta.training["label_smoothing"] == 0.3
+    report = training.evaluate(
+        model,
+        corpus.split("dev"),
+        corpus.labels.classes,
+        speaker_vocab=meta.speaker_vocab,
+        modalities=list(meta.modalities),
+        device=torch.device("cpu"),
+        batch_size=8,
+    )
+    best = smooth["history"][smooth["best_epoch"] - 1]
+    assert report["loss"] == pytest.approx(best["dev_loss"])
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0])
+def test_label_smoothing_outside_zero_to_one_is_refused(eps):
+    with pytest.raises(LanternError, match="label_smoothing must be in"):
+        make_train_config("quick", label_smoothing=eps)
+
+
 def test_a_negative_averaging_horizon_is_refused():
     with pytest.raises(LanternError, match="average_epochs must be >= 0"):
         make_train_config("quick", average_epochs=-1)

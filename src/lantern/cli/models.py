@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from lantern.cli.command import add_command
-from lantern.cli.options import non_negative_float, non_negative_int, positive_float, positive_int
+from lantern.cli.options import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    share_below_one,
+)
 from lantern.errors import LanternError
 from lantern.train_config import CLASS_WEIGHTS, PRESET_NOTES, PRESETS, TrainConfig
 
@@ -122,6 +128,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"the weights as trained ({_recipe_default('average_epochs')})",
     )
     p.add_argument(
+        "--label-smoothing",
+        type=share_below_one,
+        metavar="EPS",
+        help="train against labels smoothed towards uniform by EPS, 0 for the labels as given "
+        f"({_recipe_default('label_smoothing')})",
+    )
+    p.add_argument(
         "--crossfit",
         type=int,
         nargs="?",
@@ -217,6 +230,7 @@ def _train(args: argparse.Namespace) -> int:
         class_weights=args.class_weights,
         patience=args.patience,
         average_epochs=args.average_epochs,
+        label_smoothing=args.label_smoothing,
     )
     dev = summary["dev"]
     chosen = "the default for this corpus" if summary["preset_source"] == "default" else "as asked"

@@ -60,6 +60,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def share_below_one(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to below 1, got {text!r}")
+    return value
+
+
 def port(text: str) -> int:
     value = _int(text)
     if not 1 <= value <= 65535:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lantern.corpus.dialogue import Dialogue
 
@@ -115,3 +116,23 @@ def collate(dialogues: Sequence[Dialogue], speaker_vocab: dict[str, int], modali
         vad=vad,
         vad_mask=vad_mask,
     )
+
+
+def labelled_nll(
+    log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean (class-weighted) NLL of ``log_probs`` ``(..., C)`` over the labelled utterances; zero
+    with gradient when none is labelled. ``smoothing`` ε > 0 takes the cross-entropy against the
+    label smoothed towards uniform, (1 − ε)·one-hot + ε/C, as PyTorch's ``label_smoothing`` does
+    (log-probabilities are their own log-softmax) [ours]: on MELD's skewed, noisy labels it pushes
+    a model less towards certainty on one class. ε = 0 is the plain NLL, computed as before."""
+    if not bool((labels != IGNORE_LABEL).any()):
+        return log_probs.sum() * 0.0
+    weight = class_weights.to(log_probs.device, log_probs.dtype) if class_weights is not None else None
+    flat, targets = log_probs.reshape(-1, log_probs.shape[-1]), labels.reshape(-1)
+    if smoothing == 0:
+        return F.nll_loss(flat, targets, weight=weight, ignore_index=IGNORE_LABEL)
+    return F.cross_entropy(flat, targets, weight=weight, ignore_index=IGNORE_LABEL, label_smoothing=smoothing)

@@ -30,7 +30,7 @@ from torch import nn
 
 from lantern.corpus.dialogue import MODALITIES
 from lantern.errors import LanternError
-from lantern.models.batch import IGNORE_LABEL, Batch, ModelOutput
+from lantern.models.batch import Batch, ModelOutput, labelled_nll
 from lantern.models.heads import VADHead
 
 TEXT_ENCODERS = ("transformer", "mlp", "lstm")
@@ -572,15 +572,12 @@ class CORECT(nn.Module):
         return ModelOutput(log_probs=log_probs, vad=vad)
 
     def classification_loss(
-        self, output: ModelOutput, batch: Batch, class_weights: torch.Tensor | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        class_weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> torch.Tensor:
-        """NLL of the labelled utterances (optionally class-weighted); zero with gradient if none are."""
-        labels = batch.labels.reshape(-1)
-        if not bool((labels != IGNORE_LABEL).any()):
-            return output.log_probs.sum() * 0.0
-        return F.nll_loss(
-            output.log_probs.reshape(-1, self.config.n_classes),
-            labels,
-            weight=class_weights,
-            ignore_index=IGNORE_LABEL,
-        )
+        """NLL of the labelled utterances (optionally class-weighted, against smoothed labels when
+        ``label_smoothing`` > 0); zero with gradient if none are."""
+        return labelled_nll(output.log_probs, batch.labels, class_weights, label_smoothing)

@@ -23,7 +23,7 @@ from torch import nn
 
 from lantern.corpus.dialogue import MODALITIES
 from lantern.errors import LanternError
-from lantern.models.batch import IGNORE_LABEL, Batch, ModelOutput
+from lantern.models.batch import Batch, ModelOutput, labelled_nll
 from lantern.models.heads import VADHead
 
 
@@ -258,7 +258,11 @@ class SDT(nn.Module):
         )
 
     def classification_loss(
-        self, output: ModelOutput, batch: Batch, class_weights: torch.Tensor | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        class_weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> torch.Tensor:
         """NLL(fused) + Σ_m NLL(m) + Σ_m KL(softmax(fused/T) ‖ softmax(m/T)), weights 1/1/1.
 
@@ -266,16 +270,17 @@ class SDT(nn.Module):
         modality's Q_m is pulled towards it, KL = Σ_c P (log P − log Q_m). Neither side is
         detached — the published loss is written without a stop-gradient, so the fused classifier
         also receives the distillation gradient. NLL terms average over labelled utterances
-        (class-weighted when ``class_weights`` ``(C,)`` is given); the KL averages over all real
-        utterances, labelled or not, since it needs no label.
+        (class-weighted when ``class_weights`` ``(C,)`` is given, against smoothed labels when
+        ``label_smoothing`` > 0: ``labelled_nll``); the KL averages over all real utterances,
+        labelled or not, since it needs no label.
         """
-        loss = _nll(output.log_probs, batch.labels, class_weights)
+        loss = labelled_nll(output.log_probs, batch.labels, class_weights, label_smoothing)
         temperature = self.config.temperature
         # log_softmax(log_softmax(z) / T) == log_softmax(z / T): shifts per row do not matter.
         teacher = F.log_softmax(output.log_probs / temperature, dim=-1)
         real = batch.mask
         for log_probs in output.aux_log_probs.values():
-            loss = loss + _nll(log_probs, batch.labels, class_weights)
+            loss = loss + labelled_nll(log_probs, batch.labels, class_weights, label_smoothing)
             student = F.log_softmax(log_probs / temperature, dim=-1)
             kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # (B, N)
             loss = loss + kl[real].mean()
@@ -285,16 +290,3 @@ class SDT(nn.Module):
 def _stream(source: str, target: str) -> str:
     """Name of the encoder whose queries come from ``target`` and keys/values from ``source``."""
     return f"{source}_to_{target}"
-
-
-def _nll(log_probs: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
-    """Mean (class-weighted) NLL over labelled utterances; zero with gradient when none is labelled."""
-    if not bool((labels != IGNORE_LABEL).any()):
-        return log_probs.sum() * 0.0
-    weight = class_weights.to(log_probs.device, log_probs.dtype) if class_weights is not None else None
-    return F.nll_loss(
-        log_probs.reshape(-1, log_probs.shape[-1]),
-        labels.reshape(-1),
-        weight=weight,
-        ignore_index=IGNORE_LABEL,
-    )
