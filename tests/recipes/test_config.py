@@ -139,6 +139,9 @@ def test_every_key_of_every_table_has_its_type_checked(table, key, tmp_path):
         ("[vanilla]\nbatch_size = 0\n", "[vanilla] batch_size must be >= 1, got 0"),
         ("[vanilla]\nlambda_vad = -0.5\n", "[vanilla] lambda_vad must be >= 0, got -0.5"),
         ("[vanilla]\nclass_weights = 'x'\n", "[vanilla] class_weights must be one of"),
+        ("[vanilla]\npatience = -1\n", "[vanilla] patience must be >= 0"),
+        ("[vanilla]\naverage_epochs = -2\n", "[vanilla] average_epochs must be >= 0"),
+        ("[vanilla]\nlabel_smoothing = 1\n", "[vanilla] label_smoothing must be in [0, 1)"),
         (
             "[vanilla]\nmodel = 'corect'\npreset = 'sdt-meld'\n",
             "[vanilla] preset: expected a recipe of corect",
@@ -190,3 +193,14 @@ def test_a_config_built_in_python_is_checked_before_the_run_directory_is_made(tm
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
 def test_the_shipped_examples_load(path):
     assert load_config(path).llm_splits == ["dev", "test"]
+
+
+def test_the_training_settings_lantern_train_takes_as_flags_can_be_set_in_the_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[vanilla]\npatience = 4\naverage_epochs = 10\nlabel_smoothing = 0.1\n")
+    overrides = load_config(path).vanilla.overrides()
+    assert {k: overrides[k] for k in ("patience", "average_epochs", "label_smoothing")} == {
+        "patience": 4,
+        "average_epochs": 10,
+        "label_smoothing": 0.1,
+    }

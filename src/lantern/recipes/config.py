@@ -68,12 +68,27 @@ class VanillaSpec:
     batch_size: int | None = None
     lr: float | None = None
     class_weights: str | None = None
+    patience: int | None = None
+    average_epochs: float | None = None
+    label_smoothing: float | None = None
     device: str = "auto"
     crossfit: int = 0
 
     def overrides(self) -> dict[str, Any]:
-        """TrainConfig overrides that were set (None means: the preset's value)."""
-        names = ("epochs", "lambda_vad", "modalities", "batch_size", "lr", "class_weights", "device")
+        """TrainConfig overrides that were set (None means: the preset's value): the settings
+        ``lantern train`` takes as flags."""
+        names = (
+            "epochs",
+            "lambda_vad",
+            "modalities",
+            "batch_size",
+            "lr",
+            "class_weights",
+            "patience",
+            "average_epochs",
+            "label_smoothing",
+            "device",
+        )
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
