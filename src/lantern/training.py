@@ -356,6 +356,9 @@ def fit(
                 "dev_weighted_f1": dev_report["weighted_f1"],
                 "lr": optimizer.param_groups[0]["lr"],
             }
+            if device.type == "cpu":
+                # what the free-core budget chose, so that a rerun can pin it (TrainConfig.threads)
+                record["threads"] = torch.get_num_threads()
             history.append(record)
             if dev_report["weighted_f1"] > best_f1:
                 best_f1, best_epoch, best_dev = dev_report["weighted_f1"], epoch, dev_report

@@ -113,7 +113,7 @@ def test_train_options_modalities_lambda_and_crossfit(corpus_dir, small_quick, t
         "quick",
     ]
     argv += ["--epochs", "1", "--modalities", "t,a", "--lambda-vad", "0", "--crossfit"]
-    argv += ["--average-epochs", "2", "--label-smoothing", "0.1"]
+    argv += ["--average-epochs", "2", "--label-smoothing", "0.1", "--threads", "1"]
     assert main(argv) == 0
     assert "crossfit" in capsys.readouterr().out
     config = json.loads((tmp_path / "vanilla/config.json").read_text())
@@ -121,6 +121,9 @@ def test_train_options_modalities_lambda_and_crossfit(corpus_dir, small_quick, t
     assert config["training"]["lambda_vad"] == 0.0
     assert config["training"]["average_epochs"] == 2.0
     assert config["training"]["label_smoothing"] == 0.1
+    assert config["training"]["threads"] == 1
+    history = json.loads((tmp_path / "vanilla/metrics.json").read_text())["history"]
+    assert [h["threads"] for h in history] == [1]
     assert (tmp_path / "vanilla/crossfit/predictions-train.jsonl").exists()
     assert json.loads((tmp_path / "vanilla/crossfit/folds.json").read_text())["k"] == 5  # bare --crossfit
 

@@ -142,6 +142,7 @@ def test_every_key_of_every_table_has_its_type_checked(table, key, tmp_path):
         ("[vanilla]\npatience = -1\n", "[vanilla] patience must be >= 0"),
         ("[vanilla]\naverage_epochs = -2\n", "[vanilla] average_epochs must be >= 0"),
         ("[vanilla]\nlabel_smoothing = 1\n", "[vanilla] label_smoothing must be in [0, 1)"),
+        ("[vanilla]\nthreads = -1\n", "[vanilla] threads must be >= 0"),
         (
             "[vanilla]\nmodel = 'corect'\npreset = 'sdt-meld'\n",
             "[vanilla] preset: expected a recipe of corect",
@@ -197,10 +198,34 @@ def test_the_shipped_examples_load(path):
 
 def test_the_training_settings_lantern_train_takes_as_flags_can_be_set_in_the_file(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text("[vanilla]\npatience = 4\naverage_epochs = 10\nlabel_smoothing = 0.1\n")
+    path.write_text("[vanilla]\npatience = 4\naverage_epochs = 10\nlabel_smoothing = 0.1\nthreads = 2\n")
     overrides = load_config(path).vanilla.overrides()
-    assert {k: overrides[k] for k in ("patience", "average_epochs", "label_smoothing")} == {
+    assert {k: overrides[k] for k in ("patience", "average_epochs", "label_smoothing", "threads")} == {
         "patience": 4,
         "average_epochs": 10,
+        "label_smoothing": 0.1,
+        "threads": 2,
+    }
+
+
+def test_a_run_made_before_the_later_training_settings_existed_stays_up_to_date():
+    # what the first release's VanillaSpec held, and so what its run directories' stage hashes cover
+    first_release = {
+        "model": "sdt",
+        "preset": None,
+        "seeds": [0, 1],
+        "epochs": 3,
+        "lambda_vad": None,
+        "modalities": None,
+        "batch_size": None,
+        "lr": None,
+        "class_weights": None,
+        "device": "auto",
+        "crossfit": 0,
+    }
+    spec = VanillaSpec(model="sdt", seeds=[0, 1], epochs=3)
+    assert spec.identity() == first_release
+    assert VanillaSpec(model="sdt", seeds=[0, 1], epochs=3, label_smoothing=0.1).identity() == {
+        **first_release,
         "label_smoothing": 0.1,
     }

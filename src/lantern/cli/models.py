@@ -128,6 +128,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"the weights as trained ({_recipe_default('average_epochs')})",
     )
     p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        metavar="N",
+        help="torch CPU threads in every epoch: a fixed count makes a rerun with the same seed give "
+        "the same model on this machine; 0 asks before every epoch for the cores other processes "
+        "leave free, faster on a shared machine but not bit-reproducible (default: 0)",
+    )
+    p.add_argument(
         "--label-smoothing",
         type=share_below_one,
         metavar="EPS",
@@ -231,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         patience=args.patience,
         average_epochs=args.average_epochs,
         label_smoothing=args.label_smoothing,
+        threads=args.threads,
     )
     dev = summary["dev"]
     chosen = "the default for this corpus" if summary["preset_source"] == "default" else "as asked"

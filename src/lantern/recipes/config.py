@@ -55,6 +55,10 @@ class CorpusSpec:
     widths: dict[str, int] | None = None
 
 
+# VanillaSpec settings that came after the first release's run directories (see VanillaSpec.identity).
+ADDED_LATER = ("patience", "average_epochs", "label_smoothing", "threads")
+
+
 @dataclass
 class VanillaSpec:
     """The multi-task vanilla model and its training recipe (``preset`` + overrides), per seed."""
@@ -71,8 +75,15 @@ class VanillaSpec:
     patience: int | None = None
     average_epochs: float | None = None
     label_smoothing: float | None = None
+    threads: int | None = None
     device: str = "auto"
     crossfit: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """What the vanilla stage's up-to-date check hashes: every setting, except those added after
+        run directories were made (``ADDED_LATER``) while they are unset, so that a run made before
+        they existed is still up to date and its LLM answers are not asked again."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ADDED_LATER}
 
     def overrides(self) -> dict[str, Any]:
         """TrainConfig overrides that were set (None means: the preset's value): the settings
@@ -87,6 +98,7 @@ class VanillaSpec:
             "patience",
             "average_epochs",
             "label_smoothing",
+            "threads",
             "device",
         )
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}

@@ -64,7 +64,7 @@ class Pipeline:
         """Each stage's effective config: its own settings plus the hash of what it reads."""
         c = self.config
         corpus = {"corpus": asdict(c.corpus)}
-        vanilla = {"upstream": config_hash(corpus), "vanilla": asdict(c.vanilla)}
+        vanilla = {"upstream": config_hash(corpus), "vanilla": c.vanilla.identity()}
         llm = {"upstream": config_hash(vanilla), "llm": c.llm.answers_identity(), "splits": c.llm_splits}
         fusion = {"upstream": config_hash(llm), "fusion": asdict(c.fusion)}
         return {
