@@ -14,8 +14,10 @@ given the training and dev dialogues only.
 
 The last CORECT stage was added after test figures of earlier recipes had been seen (the README's
 "Results on real data" says so); it was fixed before it ran, with ``--finalists 5`` so that one
-seed's noise does not drop a new candidate before its three-seed mean is known, and the test split
-was then read once for whatever recipe the dev means chose.
+seed's noise does not drop a new candidate before its three-seed mean is known (the results'
+``protocol`` holds the latest run's settings: 5 finalists and 2 threads there, 3 and 1-2 threads for
+the earlier stages and for SDT). None of its candidates became a finalist, so the recipe and its
+test figures stayed as they were.
 
 Every candidate's dev history, best epoch, wall time and the machine load are written to
 ``bench/results/real_data_recipe_search.json`` (resumable: finished candidates are not retrained).

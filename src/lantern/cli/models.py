@@ -140,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=share_below_one,
         metavar="EPS",
         help="train against labels smoothed towards uniform by EPS, 0 for the labels as given "
-        f"({_recipe_default('label_smoothing')})",
+        "(default: 0)",
     )
     p.add_argument(
         "--crossfit",

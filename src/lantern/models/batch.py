@@ -127,8 +127,9 @@ def labelled_nll(
     """Mean (class-weighted) NLL of ``log_probs`` ``(..., C)`` over the labelled utterances; zero
     with gradient when none is labelled. ``smoothing`` ε > 0 takes the cross-entropy against the
     label smoothed towards uniform, (1 − ε)·one-hot + ε/C, as PyTorch's ``label_smoothing`` does
-    (log-probabilities are their own log-softmax) [ours]: on MELD's skewed, noisy labels it pushes
-    a model less towards certainty on one class. ε = 0 is the plain NLL, computed as before."""
+    (log-probabilities are their own log-softmax) [ours]: a regulariser against over-confident fits
+    of noisy labels, offered for corpora where it helps — on MELD's dev split it did not (text-only
+    CORECT, bench/results/real_data_recipe_search.json). ε = 0 is the plain NLL, computed as before."""
     if not bool((labels != IGNORE_LABEL).any()):
         return log_probs.sum() * 0.0
     weight = class_weights.to(log_probs.device, log_probs.dtype) if class_weights is not None else None
