@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lantern.corpus.dialogue import Dialogue, Utterance
-from lantern.models.batch import IGNORE_LABEL, collate
+from lantern.models.batch import IGNORE_LABEL, Batch, ModelOutput, collate
 from lantern.models.corect import (
     CORECT,
     CORECTConfig,
@@ -248,12 +248,16 @@ def test_invalid_config_is_rejected(overrides: dict) -> None:
         small_config(**overrides)
 
 
-def test_classification_loss_ignores_unlabelled_and_weights_classes() -> None:
+def _model_batch_output() -> tuple[CORECT, Batch, ModelOutput, torch.Tensor]:
+    """A small seeded CORECT, a two-dialogue batch, its output and the mask of labelled utterances."""
     torch.manual_seed(0)
     model = CORECT(small_config())
     batch = collate(make_dialogues([5, 3], SMALL), speakers(2), list(SMALL))
-    output = model(batch)
-    labelled = batch.labels != IGNORE_LABEL
+    return model, batch, model(batch), batch.labels != IGNORE_LABEL
+
+
+def test_classification_loss_ignores_unlabelled_and_weights_classes() -> None:
+    model, batch, output, labelled = _model_batch_output()
     picked = output.log_probs[labelled].gather(1, batch.labels[labelled][:, None])
     torch.testing.assert_close(model.classification_loss(output, batch), -picked.mean())
     weights = torch.tensor([1.0, 0.0, 0.0, 0.0])
@@ -267,11 +271,7 @@ def test_classification_loss_ignores_unlabelled_and_weights_classes() -> None:
 
 
 def test_label_smoothing_mixes_the_label_with_uniform_and_zero_is_the_plain_loss() -> None:
-    torch.manual_seed(0)
-    model = CORECT(small_config())
-    batch = collate(make_dialogues([5, 3], SMALL), speakers(2), list(SMALL))
-    output = model(batch)
-    labelled = batch.labels != IGNORE_LABEL
+    model, batch, output, labelled = _model_batch_output()
     log_probs = output.log_probs[labelled]
     nll = -log_probs.gather(1, batch.labels[labelled][:, None]).squeeze(1)
     uniform = -log_probs.mean(dim=1)

@@ -444,6 +444,21 @@ def test_the_weight_average_is_the_running_mean_then_exponential():
     assert model.weight.item() == 15.0
 
 
+def _saved_model_on_dev(vanilla_dir, corpus):
+    """The saved model of ``vanilla_dir`` evaluated on the dev split (plain NLL), and its metadata."""
+    model, meta = load_checkpoint(vanilla_dir)
+    report = training.evaluate(
+        model,
+        corpus.split("dev"),
+        corpus.labels.classes,
+        speaker_vocab=meta.speaker_vocab,
+        modalities=list(meta.modalities),
+        device=torch.device("cpu"),
+        batch_size=8,
+    )
+    return report, meta
+
+
 def test_averaged_training_keeps_the_trajectory_and_evaluates_selects_and_saves_the_average(tmp_path):
     corpus = make_corpus(n_dialogues=(12, 4, 2))
     kwargs = {**small_fit_kwargs(), "epochs": 4, "patience": 0}
@@ -453,18 +468,8 @@ def test_averaged_training_keeps_the_trajectory_and_evaluates_selects_and_saves_
     # the same steps are taken: averaging only changes what is evaluated and kept
     assert [h["train_loss"] for h in plain["history"]] == [h["train_loss"] for h in avg["history"]]
     assert [h["dev_loss"] for h in plain["history"]] != [h["dev_loss"] for h in avg["history"]]
-    model, meta = load_checkpoint(tmp_path / "avg/vanilla")
+    report, meta = _saved_model_on_dev(tmp_path / "avg/vanilla", corpus)
     assert meta.training["average_epochs"] == 2
-    labels = corpus.labels.classes
-    report = training.evaluate(
-        model,
-        corpus.split("dev"),
-        labels,
-        speaker_vocab=meta.speaker_vocab,
-        modalities=list(meta.modalities),
-        device=torch.device("cpu"),
-        batch_size=8,
-    )
     best = avg["history"][avg["best_epoch"] - 1]
     assert report["weighted_f1"] == pytest.approx(best["dev_weighted_f1"])
     assert report["accuracy"] == pytest.approx(best["dev_accuracy"])
@@ -479,17 +484,8 @@ def test_label_smoothing_changes_the_training_steps_but_the_dev_loss_stays_the_p
         json.loads((tmp_path / x / "vanilla/metrics.json").read_text()) for x in ("plain", "smooth")
     )
     assert plain["history"][0]["train_loss"] != smooth["history"][0]["train_loss"]
-    model, meta = load_checkpoint(tmp_path / "smooth/vanilla")
+    report, meta = _saved_model_on_dev(tmp_path / "smooth/vanilla", corpus)
     assert meta.training["label_smoothing"] == 0.3
-    report = training.evaluate(
-        model,
-        corpus.split("dev"),
-        corpus.labels.classes,
-        speaker_vocab=meta.speaker_vocab,
-        modalities=list(meta.modalities),
-        device=torch.device("cpu"),
-        batch_size=8,
-    )
     best = smooth["history"][smooth["best_epoch"] - 1]
     assert report["loss"] == pytest.approx(best["dev_loss"])
 
