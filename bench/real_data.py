@@ -187,9 +187,7 @@ def _trained_with(seed_dir: Path, expected: dict[str, Any]) -> bool:
     # A setting added to TrainConfig after a run was trained is recorded as its default: the run was
     # trained without it.
     recorded = {**TrainConfig().to_json(), **read_json(run.vanilla.config).get("training", {})}
-    return all(
-        recorded.get(k) == v for k, v in expected.items() if k not in ("device", "progress")
-    )
+    return all(recorded.get(k) == v for k, v in expected.items() if k not in ("device", "progress"))
 
 
 def vanilla_runs(

@@ -139,8 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--label-smoothing",
         type=share_below_one,
         metavar="EPS",
-        help="train against labels smoothed towards uniform by EPS, 0 for the labels as given "
-        "(default: 0)",
+        help="train against labels smoothed towards uniform by EPS, 0 for the labels as given (default: 0)",
     )
     p.add_argument(
         "--crossfit",
